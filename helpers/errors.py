@@ -1,0 +1,41 @@
+"""Errors the course raises on bad input, each naming the problem and the way out."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class MicroscopeError(ValueError):
+    """Base class: every error raised on a learner's bad input."""
+
+
+class UnknownModelError(MicroscopeError):
+    """A model name that no loader knows."""
+
+
+class ModelUnavailableError(MicroscopeError):
+    """A known model that cannot be loaded here (not installed, offline, corrupted file)."""
+
+
+class HookNameError(MicroscopeError, KeyError):
+    """A hook name that the model does not have."""
+
+    def __str__(self) -> str:  # KeyError would otherwise print the message with quotes
+        return str(self.args[0])
+
+
+class PromptError(MicroscopeError):
+    """An empty or over-long prompt, or mismatched prompt lengths."""
+
+
+class TokenError(MicroscopeError):
+    """An answer string that is not exactly one token where one token is required."""
+
+
+class ShapeError(MicroscopeError):
+    """A tensor whose shape is not the one the function needs."""
+
+
+def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    """The candidates that look most like `name` (for 'did you mean' messages)."""
+    return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)

@@ -1,0 +1,37 @@
+"""The README's test command runs this: unit tests and every notebook (nbval), in parallel.
+
+    python -m tests.run [extra pytest args]
+
+Prints the whole suite's wall time at the end. Exits non-zero if any test fails or none ran.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(extra: list[str]) -> int:
+    workers = os.environ.get("MICROSCOPE_TEST_WORKERS", str(min(2, os.cpu_count() or 1)))
+    notebooks = [d for d in ("notebooks", "solutions", "exercises") if any((ROOT / d).glob("*.ipynb"))]
+    command = [
+        sys.executable, "-m", "pytest", "tests", *notebooks,
+        "--nbval", "--nbval-current-env", "--nbval-cell-timeout=900",
+        "--nbval-sanitize-with", "tests/nbval_sanitize.cfg",
+        "-n", workers, "--dist", "loadfile", "-q", "-rfEs", *extra,
+    ]
+    print("+", " ".join(command[1:]), flush=True)
+    started = time.perf_counter()
+    # Torch threads: one per worker, so parallel notebooks do not fight over the cores.
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    code = subprocess.call(command, cwd=ROOT, env=env)
+    print(f"whole suite wall time: {time.perf_counter() - started:.0f} s", flush=True)
+    return 1 if code == 5 else code  # 5 = no tests collected: a broken suite, not a pass
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
