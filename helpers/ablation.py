@@ -1,0 +1,73 @@
+"""Ablation: switch components off (zero), or replace them with their mean or with another input's values.
+
+Heads are ablated at ``blocks.{L}.attn.hook_z`` ([batch, pos, head, d_head]), the per-head output
+before the output projection, so removing head h removes exactly its contribution to the residual stream.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from helpers.errors import MicroscopeError
+
+Head = tuple[int, int]
+
+
+def _validate_heads(model, heads: Iterable[Head]) -> list[Head]:
+    heads = [tuple(h) for h in heads]
+    for layer, head in heads:
+        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
+            raise MicroscopeError(
+                f"head ({layer}, {head}) does not exist: {model.cfg.model_name} has layers 0-{model.cfg.n_layers - 1} "
+                f"and heads 0-{model.cfg.n_heads - 1}")
+    return heads
+
+
+def head_ablation_hooks(model, heads: Iterable[Head], replacement: dict[int, torch.Tensor] | None = None):
+    """Forward hooks that overwrite the listed heads' hook_z.
+
+    replacement[layer] (broadcastable to [batch, pos, head, d_head]) gives the values to write
+    (mean or resample ablation); without it the heads are zeroed.
+    """
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in _validate_heads(model, heads):
+        by_layer.setdefault(layer, []).append(head)
+
+    def make_hook(layer: int, head_ids: list[int]):
+        def hook(z: torch.Tensor, hook) -> torch.Tensor:
+            z = z.clone()
+            if replacement is None:
+                z[:, :, head_ids] = 0.0
+            else:
+                z[:, :, head_ids] = replacement[layer].expand_as(z)[:, :, head_ids].to(z.dtype)
+            return z
+        return hook
+
+    return [(f"blocks.{layer}.attn.hook_z", make_hook(layer, ids)) for layer, ids in sorted(by_layer.items())]
+
+
+def run_with_heads_ablated(model, tokens: torch.Tensor, heads: Iterable[Head], mode: str = "zero",
+                           reference_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [batch, pos, vocab] with `heads` ablated.
+
+    mode: "zero"; "mean" (each head's output averaged over batch and positions of reference_tokens,
+    default the same tokens); "resample" (the head's output on reference_tokens, same shape as tokens).
+    """
+    heads = _validate_heads(model, heads)
+    replacement = None
+    if mode != "zero":
+        if mode not in ("mean", "resample"):
+            raise MicroscopeError(f"unknown ablation mode {mode!r}; use 'zero', 'mean' or 'resample'")
+        source = tokens if reference_tokens is None else reference_tokens
+        if mode == "resample" and source.shape != tokens.shape:
+            raise MicroscopeError(f"resample ablation needs reference tokens of shape {tuple(tokens.shape)}, got {tuple(source.shape)}")
+        names = sorted({f"blocks.{layer}.attn.hook_z" for layer, _ in heads})
+        with torch.no_grad():
+            _, cache = model.run_with_cache(source, names_filter=names)
+        replacement = {}
+        for layer, _ in heads:
+            z = cache[f"blocks.{layer}.attn.hook_z"]
+            replacement[layer] = z.mean((0, 1), keepdim=True) if mode == "mean" else z
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, fwd_hooks=head_ablation_hooks(model, heads, replacement))
