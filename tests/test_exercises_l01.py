@@ -1,0 +1,123 @@
+"""Lesson 01 checks: the references pass, plausible mistakes fail, stubs and crashes are reported."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers.checks import FAILED, NOT_IMPLEMENTED, PASSED
+from helpers.exercises import l01
+
+
+def _scores(q, k, scale=True):
+    return torch.einsum("bqhd,bkhd->bhqk", q, k) / (q.shape[-1] ** 0.5 if scale else 1.0)
+
+
+def _causal(scores):
+    n = scores.shape[-1]
+    return scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+
+
+def _grouped(q, k):
+    return k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)
+
+
+def no_mask(q, k):
+    return _scores(q, _grouped(q, k)).softmax(-1)
+
+
+def no_scale(q, k):
+    return _causal(_scores(q, _grouped(q, k), scale=False)).softmax(-1)
+
+
+def softmax_over_queries(q, k):
+    return _causal(_scores(q, _grouped(q, k))).softmax(-2).nan_to_num()
+
+
+def no_kv_repeat(q, k):
+    return _causal(_scores(q, k)).softmax(-1)
+
+
+def repeat_instead_of_interleave(q, k):
+    return _causal(_scores(q, k.repeat(1, 1, q.shape[2] // k.shape[2], 1))).softmax(-1)
+
+
+def mask_with_zero_not_minus_inf(q, k):
+    n = q.shape[1]
+    return (_scores(q, _grouped(q, k)) * torch.ones(n, n).tril()).softmax(-1)
+
+
+@pytest.mark.parametrize("wrong", [no_mask, no_scale, softmax_over_queries, no_kv_repeat,
+                                   repeat_instead_of_interleave, mask_with_zero_not_minus_inf])
+def test_causal_pattern_mistakes_fail(wrong):
+    result = l01.check_causal_pattern(wrong)
+    assert result.status == FAILED, wrong.__name__
+
+
+def test_causal_pattern_reference_passes():
+    assert l01.check_causal_pattern(l01.reference_causal_pattern).status == PASSED
+
+
+def test_causal_pattern_gqa_mistake_gets_the_grouping_hint():
+    result = l01.check_causal_pattern(repeat_instead_of_interleave)
+    assert "repeat_interleave" in result.message and "grouped-query" in result.message
+
+
+def test_reference_pattern_matches_the_model(smollm2):
+    _, cache = smollm2.run_with_cache("The cat sat on the mat because the cat was tired.")
+    for layer in (0, 17):
+        got = l01.reference_causal_pattern(cache[f"blocks.{layer}.attn.hook_rot_q"], cache[f"blocks.{layer}.attn.hook_rot_k"])
+        assert torch.allclose(got, cache[f"blocks.{layer}.attn.hook_pattern"], atol=1e-5)
+
+
+def off_by_one_self(pattern):
+    return pattern.diagonal(offset=0, dim1=-2, dim2=-1)[..., 2:].mean((0, 2))
+
+
+def off_by_one_two_back(pattern):
+    return pattern.diagonal(offset=-2, dim1=-2, dim2=-1)[..., 1:].mean((0, 2))
+
+
+def includes_query_0(pattern):
+    return pattern.roll(1, dims=-1).diagonal(dim1=-2, dim2=-1).mean((0, 2))
+
+
+def includes_query_1(pattern):
+    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean((0, 2))
+
+
+def forgets_batch_mean(pattern):
+    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1)[..., 1:].mean(-1)[0]
+
+
+@pytest.mark.parametrize("wrong", [off_by_one_self, off_by_one_two_back, includes_query_0, includes_query_1, forgets_batch_mean])
+def test_previous_token_score_mistakes_fail(wrong):
+    assert l01.check_previous_token_score(wrong).status == FAILED, wrong.__name__
+
+
+def test_previous_token_score_reference_passes():
+    assert l01.check_previous_token_score(l01.reference_previous_token_score).status == PASSED
+
+
+def test_previous_token_score_vectorised_answer_passes():
+    def diagonal_answer(pattern):
+        return pattern.diagonal(offset=-1, dim1=-2, dim2=-1)[..., 1:].mean((0, 2))
+    assert l01.check_previous_token_score(diagonal_answer).status == PASSED
+
+
+def test_query_mistakes_get_the_query_hint():
+    assert "queries 2..pos-1" in l01.check_previous_token_score(includes_query_1).message
+
+
+@pytest.mark.parametrize("checker", [l01.check_causal_pattern, l01.check_previous_token_score])
+def test_stub_is_not_implemented(checker):
+    def stub(*args):
+        raise NotImplementedError("Exercise: write this function, then run the check below.")
+    assert checker(stub).status == NOT_IMPLEMENTED
+
+
+@pytest.mark.parametrize("checker", [l01.check_causal_pattern, l01.check_previous_token_score])
+def test_raising_function_fails_without_raising(checker):
+    def broken(*args):
+        raise RuntimeError("boom")
+    result = checker(broken)
+    assert result.status == FAILED and "RuntimeError: boom" in result.message
