@@ -147,80 +147,135 @@ def _check_layers(model, layers: Sequence[int] | None) -> list[int]:
 # The batched engine
 
 
-def _expand_kwargs(value, batch: int, rows: int):
-    """Repeat every tensor in a block's keyword arguments whose first dimension is the batch."""
-    if isinstance(value, torch.Tensor):
-        if value.ndim and value.shape[0] == batch and rows != batch:
-            return value.repeat(rows // batch, *([1] * (value.ndim - 1)))
-        return value
-    if isinstance(value, tuple):
-        return tuple(_expand_kwargs(v, batch, rows) for v in value)
-    if isinstance(value, list):
-        return [_expand_kwargs(v, batch, rows) for v in value]
-    return value
-
-
 def _is_kv_cache(value) -> bool:
     return "Cache" in type(value).__name__
 
 
-class _Replay:
-    """Runs the model from the residual stream entering any block, for any number of rows.
+class _PrefixKV:
+    """Stands in for a KV cache. Recording, it keeps each layer's keys and values; replaying, it
+    prepends the corrupted run's first `start` positions, so only later positions are recomputed."""
 
-    Captures, during the corrupted forward pass, the keyword arguments the model hands each block
-    (attention mask, rotary embeddings, position ids) so blocks can be called directly later.
+    def __init__(self):
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self.start: int | None = None
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        if self.start is None:
+            self.keys[layer_idx], self.values[layer_idx] = key, value
+            return key, value
+        reps = key.shape[0] // self.keys[layer_idx].shape[0]
+        prefix_k = self.keys[layer_idx][..., :self.start, :].repeat(reps, 1, 1, 1)
+        prefix_v = self.values[layer_idx][..., :self.start, :].repeat(reps, 1, 1, 1)
+        return torch.cat([prefix_k, key], dim=-2), torch.cat([prefix_v, value], dim=-2)
+
+
+def _adapt(value, batch: int, rows: int, n_pos: int, start: int, key: str = ""):
+    """A block keyword argument for `rows` rows and positions start..: repeat the batch dimension
+    (variant-major rows) and drop the first `start` positions of position-indexed tensors."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(_adapt(v, batch, rows, n_pos, start) for v in value)
+    if not isinstance(value, torch.Tensor) or value.ndim == 0:
+        return value
+    if start:
+        if key == "attention_mask" and value.ndim == 4:
+            value = value[..., start:, :]
+        elif value.ndim >= 2 and value.shape[1] == n_pos:
+            value = value[:, start:]
+    if value.shape[0] == batch and rows != batch:
+        value = value.repeat(rows // batch, *([1] * (value.ndim - 1)))
+    return value
+
+
+class _Replay:
+    """Runs the model from the residual stream entering any block, for any rows and positions.
+
+    During the corrupted forward pass it captures the keyword arguments the model hands each
+    block (attention mask, rotary embeddings, position ids), so blocks can be called directly.
     """
 
-    def __init__(self, model, batch: int):
-        self.model = model
-        self.batch = batch
+    def __init__(self, model, batch: int, n_pos: int):
+        self.model, self.batch, self.n_pos = model, batch, n_pos
         self.block_kwargs: dict[int, dict] = {}
+        self.prefix = _PrefixKV()
         self._handles = []
 
-    def capture(self):
+    def capture(self) -> None:
         def make(layer):
             def pre_hook(module, args, kwargs):
-                self.block_kwargs[layer] = {
-                    k: v for k, v in kwargs.items() if not _is_kv_cache(v)
-                }
+                self.block_kwargs[layer] = {k: v for k, v in kwargs.items() if not _is_kv_cache(v)}
             return pre_hook
 
-        self._handles = [
-            block.register_forward_pre_hook(make(layer), with_kwargs=True)
-            for layer, block in enumerate(self.model.blocks)
-        ]
-        return self
+        self._handles = [block.register_forward_pre_hook(make(layer), with_kwargs=True)
+                         for layer, block in enumerate(self.model.blocks)]
 
     def release(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
-    def block(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        kwargs = _expand_kwargs(self.block_kwargs[layer], self.batch, x.shape[0])
+    def block(self, layer: int, x: torch.Tensor, start: int = 0, record: bool = False) -> torch.Tensor:
+        """Block `layer` on rows x [rows, pos - start, d_model] (positions start.. of the prompt);
+        `record` keeps its keys and values as the prefix for later calls."""
+        kwargs = {k: _adapt(v, self.batch, x.shape[0], self.n_pos, start, k)
+                  for k, v in self.block_kwargs[layer].items()}
         if "use_cache" in kwargs:
             kwargs["use_cache"] = False
+        self.prefix.start = None if record else start
+        # The bridge's attention reads a cache under this name (transformers renames past_key_values).
+        kwargs["layer_past"] = self.prefix
         out = self.model.blocks[layer](x, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.unembed(self.model.ln_final(x))
 
+    def run(self, x: torch.Tensor, start: int = 0, record: bool = False) -> torch.Tensor:
+        """Logits at positions start.. from the residual x entering block 0."""
+        for layer in range(len(self.model.blocks)):
+            x = self.block(layer, x, start, record)
+        return self.logits(x)
 
-def _patch_hooks(patches: Sequence[Patch], batch: int, clean_cache, site_kind: dict[str, str]):
-    """Forward hooks writing each variant's clean value into its own rows (variant v: rows v*B..)."""
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
+
+
+def _replay_mode(replayer: _Replay, corrupted_cache, corrupted_logits, causal: bool) -> str:
+    """'suffix' if blocks replay from any layer and position, 'layer' if only from any layer,
+    'full' if neither reproduces the model's own forward pass (then every variant runs in full)."""
+    x = corrupted_cache["blocks.0.hook_resid_pre"]
+    try:
+        if not _close(replayer.run(x, record=True), corrupted_logits):
+            return "full"
+    except Exception:  # an architecture whose blocks need more than we captured
+        return "full"
+    if not causal or replayer.n_pos < 2 or not replayer.prefix.keys:
+        return "layer"
+    start = replayer.n_pos // 2
+    try:
+        ok = _close(replayer.run(x[:, start:], start), corrupted_logits[:, start:])
+    except Exception:
+        ok = False
+    return "suffix" if ok else "layer"
+
+
+def _patch_hooks(patches: Sequence[Patch], batch: int, clean_cache, start: int):
+    """Forward hooks writing each variant's clean value into its own rows (variant v: rows v*B..),
+    on rows that hold positions start.. of the prompt."""
     groups: dict[str, list[int]] = {}
     for v, patch in enumerate(patches):
         groups.setdefault(hook_name(patch.site, patch.layer), []).append(v)
     hooks = []
     arange_b = torch.arange(batch)
     for name, variants in groups.items():
-        first = patches[variants[0]]
-        kind = site_kind[first.site]
+        kind = SITES[patches[variants[0]].site][1]
         rows = (torch.tensor(variants)[:, None] * batch + arange_b[None, :]).flatten()
         source = arange_b.repeat(len(variants))
         index = torch.tensor([patches[v].index for v in variants]).repeat_interleave(batch)
-        clean = clean_cache[name]
+        if kind == "pos":
+            index = index - start
+        clean = clean_cache[name][:, start:]
 
         def hook(act, hook, rows=rows, source=source, index=index, clean=clean, kind=kind):
             act = act.clone()
@@ -234,115 +289,131 @@ def _patch_hooks(patches: Sequence[Patch], batch: int, clean_cache, site_kind: d
     return hooks
 
 
-def _row_bytes(model, n_pos: int) -> tuple[int, int]:
-    """Rough float32 bytes one row needs inside a block, and for its logits (with a metric's copy)."""
+def _row_bytes(model, n_pos: int, full_pos: int) -> tuple[int, int]:
+    """Rough float32 bytes one row needs inside a block (n_pos positions computed), and for its
+    logits over all full_pos positions (with room for a copy the metric may make)."""
     cfg = model.cfg
     d_mlp = cfg.d_mlp or 4 * cfg.d_model
-    block = 4 * n_pos * (12 * cfg.d_model + 5 * d_mlp + 3 * cfg.n_heads * n_pos)
-    logits = 4 * n_pos * cfg.d_vocab * 2
+    block = 4 * n_pos * (12 * cfg.d_model + 5 * d_mlp + 3 * cfg.n_heads * full_pos)
+    logits = 4 * full_pos * cfg.d_vocab * 3
     return block, logits
 
 
-def _chunk_sizes(model, n_pos: int, batch: int, batch_size, max_memory_mb) -> tuple[int, int]:
+def _chunk_sizes(model, n_pos: int, full_pos: int, batch: int, batch_size, max_memory_mb) -> tuple[int, int]:
     """(variants per chunk, variants per unembedding) within the memory cap."""
     cap = (max_memory_mb or DEFAULT_MAX_MEMORY_MB) * 2**20
-    block, logits = _row_bytes(model, n_pos)
-    per_chunk = max(1, cap // (block * batch))
-    per_unembed = max(1, cap // (logits * batch))
+    block, logits = _row_bytes(model, n_pos, full_pos)
+    per_chunk = max(1, int(cap // (block * batch)))
+    per_unembed = max(1, int(cap // (logits * batch)))
     if batch_size is not None:
-        if int(batch_size) < 1:
-            raise PatchingError(f"batch_size must be a positive number of variants, got {batch_size}.")
         per_chunk = min(per_chunk, int(batch_size))
         per_unembed = min(per_unembed, int(batch_size))
     return per_chunk, per_unembed
 
 
+def _first_difference(clean: torch.Tensor, corrupted: torch.Tensor) -> int:
+    """First position where any clean prompt differs from its corrupted partner (pos if none)."""
+    differs = (clean != corrupted).any(dim=0).nonzero()
+    return int(differs[0]) if len(differs) else clean.shape[1]
+
+
 def run_patches(model, clean, corrupted, metric: Metric, patches: Sequence[Patch], *,
                 batch_size: int | None = None, max_memory_mb: float | None = None,
-                progress: bool = True, desc: str = "patching", replay: bool = True) -> torch.Tensor:
+                progress: bool = True, desc: str = "patching", mode: str | None = None) -> torch.Tensor:
     """Metric of the corrupted run with each patch applied alone: [len(patches)].
 
-    `replay=False` forces batched full forward passes (the fallback; slower, same numbers).
+    `mode` forces an engine for testing: "full" (batched full forward passes), "layer" (start at
+    the patched layer) or "suffix" (also skip positions the patch cannot reach); by default the
+    fastest one that reproduces the model's own forward pass on the corrupted prompt.
     """
     clean, corrupted = _check_tokens(model, clean, corrupted)
+    if batch_size is not None and int(batch_size) < 1:
+        raise PatchingError(f"batch_size must be a positive number of variants, got {batch_size}.")
+    if max_memory_mb is not None and max_memory_mb <= 0:
+        raise PatchingError(f"max_memory_mb must be positive, got {max_memory_mb}.")
     if getattr(model, "training", False):
         raise PatchingError("The model is in training mode (dropout on); call model.eval() first.")
-    site_kind = {site: kind for site, (_, kind) in SITES.items()}
     names = sorted({hook_name(p.site, p.layer) for p in patches})
     for name in names:
         check_hook_name(model, name)
-    n_layers, batch, n_pos = model.cfg.n_layers, corrupted.shape[0], corrupted.shape[1]
+    n_layers, (batch, n_pos) = model.cfg.n_layers, corrupted.shape
+    causal = getattr(model.cfg, "attention_dir", "causal") == "causal"
 
     with torch.no_grad():
         _, clean_cache = model.run_with_cache(clean, names_filter=names)
-        replayer = _Replay(model, batch)
-        resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+        replayer = _Replay(model, batch, n_pos)
         replayer.capture()
         try:
-            corrupted_logits, corrupted_cache = model.run_with_cache(corrupted, names_filter=resid_names)
+            corrupted_logits, corrupted_cache = model.run_with_cache(
+                corrupted, names_filter=[f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)])
         finally:
             replayer.release()
-        _metric_value(metric, corrupted_logits)
-        if replay:
-            replay = _replay_matches(replayer, corrupted_cache, corrupted_logits)
+        baseline = _metric_value(metric, corrupted_logits).detach().float().cpu()
+        available = _replay_mode(replayer, corrupted_cache, corrupted_logits, causal)
+    ranks = {"full": 0, "layer": 1, "suffix": 2}
+    if mode is not None and ranks[mode] > ranks[available]:
+        raise PatchingError(f"mode {mode!r} does not reproduce {model.cfg.model_name}'s forward pass here.")
+    mode = mode or available
 
-    order = sorted(range(len(patches)), key=lambda i: patches[i].layer)
-    ordered = [patches[i] for i in order]
-    per_chunk, per_unembed = _chunk_sizes(model, n_pos, batch, batch_size, max_memory_mb)
-    chunks = [ordered[i:i + per_chunk] for i in range(0, len(ordered), per_chunk)]
-    steps = sum(n_layers - chunk[0].layer if replay else 1 for chunk in chunks)
-    values = torch.empty(len(ordered))
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
-    done = 0
-    with torch.no_grad():
-        for chunk in chunks:
-            hooks = _patch_hooks(chunk, batch, clean_cache, site_kind)
+    # Causality: a patch at position p leaves positions < p untouched, and positions before the
+    # first token where clean and corrupted differ hold equal activations, so patching them is a no-op.
+    first_diff = _first_difference(clean, corrupted) if causal else 0
+    values = torch.full((len(patches),), float("nan"))
+    groups: dict[int, list[int]] = {}
+    for i, patch in enumerate(patches):
+        reach = patch.index if SITES[patch.site][1] == "pos" else 0
+        if max(reach, first_diff) >= n_pos or (reach < first_diff and SITES[patch.site][1] == "pos"):
+            values[i] = baseline
+            continue
+        start = max(reach, first_diff) if mode == "suffix" else 0
+        groups.setdefault(start, []).append(i)
+
+    jobs = []
+    for start, members in sorted(groups.items()):
+        members.sort(key=lambda i: patches[i].layer)
+        per_chunk, per_unembed = _chunk_sizes(model, n_pos - start, n_pos, batch, batch_size, max_memory_mb)
+        jobs += [(start, members[i:i + per_chunk], per_unembed) for i in range(0, len(members), per_chunk)]
+    steps = sum(1 if mode == "full" else n_layers - patches[chunk[0]].layer for _, chunk, _ in jobs)
+    with torch.no_grad(), tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
+        for start, chunk, per_unembed in jobs:
+            chunk_patches = [patches[i] for i in chunk]
+            hooks = _patch_hooks(chunk_patches, batch, clean_cache, start)
             with model.hooks(fwd_hooks=hooks):
-                if replay:
-                    out = _run_chunk_replay(replayer, chunk, corrupted_cache, per_unembed, metric, bar)
-                else:
+                if mode == "full":
                     logits = model(corrupted.repeat(len(chunk), 1))
                     out = [_metric_value(metric, logits[v * batch:(v + 1) * batch]) for v in range(len(chunk))]
                     bar.update(1)
-            values[done:done + len(chunk)] = torch.stack([v.detach().float().cpu() for v in out])
-            done += len(chunk)
-    bar.close()
-    result = torch.empty(len(patches))
-    result[torch.tensor(order)] = values
-    return result
+                else:
+                    out = _run_chunk(replayer, chunk_patches, corrupted_cache, corrupted_logits, start,
+                                     per_unembed, metric, bar)
+            values[torch.tensor(chunk)] = torch.stack([v.detach().float().cpu() for v in out])
+    return values
 
 
-def _replay_matches(replayer: _Replay, corrupted_cache, corrupted_logits) -> bool:
-    """Whether calling the blocks one by one reproduces the model's own forward pass."""
-    try:
-        x = corrupted_cache["blocks.0.hook_resid_pre"]
-        for layer in range(len(replayer.model.blocks)):
-            x = replayer.block(layer, x)
-        logits = replayer.logits(x)
-    except Exception:  # an architecture whose blocks need more than we captured: use full passes
-        return False
-    scale = max(1.0, corrupted_logits.abs().max().item())
-    return logits.shape == corrupted_logits.shape and (logits - corrupted_logits).abs().max().item() <= 1e-5 * scale
-
-
-def _run_chunk_replay(replayer: _Replay, chunk: Sequence[Patch], corrupted_cache, per_unembed: int,
-                      metric: Metric, bar) -> list[torch.Tensor]:
+def _run_chunk(replayer: _Replay, chunk: Sequence[Patch], corrupted_cache, corrupted_logits, start: int,
+               per_unembed: int, metric: Metric, bar) -> list[torch.Tensor]:
     """Climb the blocks from the chunk's lowest layer, adding each variant's rows at its layer."""
     batch = replayer.batch
     n_layers = len(replayer.model.blocks)
-    start = chunk[0].layer
     counts = torch.bincount(torch.tensor([p.layer for p in chunk]), minlength=n_layers)
     x = None
-    for layer in range(start, n_layers):
+    for layer in range(chunk[0].layer, n_layers):
         if counts[layer]:
-            fresh = corrupted_cache[f"blocks.{layer}.hook_resid_pre"].repeat(int(counts[layer]), 1, 1)
+            fresh = corrupted_cache[f"blocks.{layer}.hook_resid_pre"][:, start:].repeat(int(counts[layer]), 1, 1)
             x = fresh if x is None else torch.cat([x, fresh])
-        x = replayer.block(layer, x)
+        x = replayer.block(layer, x, start)
         bar.update(1)
     out = []
     for first in range(0, len(chunk), per_unembed):
         last = min(len(chunk), first + per_unembed)
-        logits = replayer.logits(x[first * batch:last * batch])
+        suffix = replayer.logits(x[first * batch:last * batch])
+        if start:  # positions before `start` are the corrupted run's, untouched by the patch
+            logits = suffix.new_empty((suffix.shape[0], corrupted_logits.shape[1], suffix.shape[2]))
+            logits.view(last - first, batch, *logits.shape[1:])[:, :, :start] = corrupted_logits[:, :start]
+            logits[:, start:] = suffix
+            del suffix
+        else:
+            logits = suffix
         out += [_metric_value(metric, logits[v * batch:(v + 1) * batch]) for v in range(last - first)]
     return out
 
