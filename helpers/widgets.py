@@ -70,10 +70,10 @@ def token_html(pattern: torch.Tensor, str_tokens: list[str], query: int, uid: st
     spans = []
     for pos, token in enumerate(str_tokens):
         tip = f"position {pos} {token!r}; attention from the chosen query: {float(pattern[query, pos]):.2f}"
-        spans.append(f'<span class="tok q{pos} k{pos}" title="{html.escape(tip)}">{html.escape(token)}</span>')
-    chosen = html.escape(repr(str_tokens[query]))
+        spans.append(f'<span class="tok q{pos} k{pos}" title="{html.escape(tip)}">{html.escape(token, quote=False)}</span>')
+    chosen = html.escape(repr(str_tokens[query]), quote=False)
     top = pattern[query, : query + 1].topk(min(3, query + 1))
-    strongest = ", ".join(f"{html.escape(repr(str_tokens[int(k)]))} ({float(w):.2f})" for w, k in zip(top.values, top.indices))
+    strongest = ", ".join(f"{html.escape(repr(str_tokens[int(k)]), quote=False)} ({float(w):.2f})" for w, k in zip(top.values, top.indices))
     return (f'<div id="{uid}"><style>{"".join(rules)}</style>'
             f'<div style="font-size: 90%; margin-bottom: 4px">Query {query} {chosen} attends most to {strongest}. '
             "Blue: attention paid by the query (boxed in orange). Hover a token to see where it attends.</div>"

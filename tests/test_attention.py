@@ -146,8 +146,8 @@ def test_explorer_redraws_when_a_slider_moves(smollm2):
     assert before_image.startswith(b"\x89PNG") and "attends most to" in before_text
     layer_slider.value = 1
     assert bytes(heatmap.value) != before_image and text.value != before_text
-    query_box.children[0].value = 2
-    assert "Query 2 ' sat'" in text.value
+    query_box.children[0].value = 3
+    assert "Query 3 ' sat'" in text.value
 
 
 @pytest.mark.slow
