@@ -116,6 +116,6 @@ def attention_explorer(model, prompt: str, layer: int = 0, head: int = 0, query:
         slider.observe(redraw, names="value")
     redraw()
     controls = widgets.HBox([layer_slider, head_slider, widgets.HBox([query_slider, query_label])])
-    explorer = widgets.VBox([widgets.HTML(f"<b>Attention explorer</b>: {html.escape(prompt[:80])}"), controls, text, heatmap])
+    explorer = widgets.VBox([widgets.HTML(f"<b>Attention explorer</b>: {html.escape(model.cfg.model_name)}, {n_pos} tokens"), controls, text, heatmap])
     explorer.add_class("attention-explorer")  # the browser test finds the widget by this class
     return explorer
