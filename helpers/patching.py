@@ -479,13 +479,18 @@ def head_sweep(model, clean_tokens, corrupted_tokens, metric: Metric, *, site: s
 
 
 def attribution_patch(model, clean_tokens, corrupted_tokens, metric: Metric,
-                      sites: Sequence[str] = ("resid_pre", "attn_out", "mlp_out", "z")) -> dict[str, torch.Tensor]:
+                      sites: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """First-order estimate of each sweep: {site: [n_layers, pos] or [n_layers, n_heads]}.
+
+    `sites` defaults to every site in SITES that the model has (an attention-only model has no
+    mlp_out); a site named explicitly must exist.
 
     Estimate = (clean_act - corrupted_act) . d metric / d act, with the gradient taken on the
     corrupted run and summed over the batch and the activation's last dimension (and, for heads,
     over positions), from one clean forward, one corrupted forward and one backward pass.
     """
+    if sites is None:
+        sites = [site for site in SITES if hook_name(site, 0) in model.hook_dict]
     for site in sites:
         _check_site(site, tuple(SITES))
     clean_tokens, corrupted_tokens = _check_tokens(model, clean_tokens, corrupted_tokens)
