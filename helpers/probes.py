@@ -293,6 +293,19 @@ def probe_score(probe, acts: torch.Tensor, labels) -> float:
     return float(probe.score(acts.numpy(), labels.numpy()))
 
 
+def probe_direction(probe) -> torch.Tensor:
+    """The unit vector [d] in activation space along which a fitted probe's score increases."""
+    scaler, logistic = probe[0], probe[-1]
+    direction = torch.tensor(logistic.coef_[0] / scaler.scale_, dtype=torch.float32)
+    return direction / direction.norm()
+
+
+def remove_direction(acts: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """acts [n, d] with their component along `direction` [d] projected out."""
+    unit = direction.float() / direction.norm()
+    return acts - (acts @ unit)[:, None] * unit
+
+
 def _check_split(labels: torch.Tensor, train_idx, test_idx) -> tuple[np.ndarray, np.ndarray]:
     train_idx, test_idx = np.asarray(train_idx), np.asarray(test_idx)
     if len(train_idx) == 0 or len(test_idx) == 0:

@@ -151,3 +151,16 @@ def test_random_init_copy_keeps_architecture_but_not_weights(smollm2):
     assert real.shape == fresh.shape and not torch.allclose(real, fresh)
     again = probes.random_init_copy(smollm2, seed=0).original_model.model.layers[0].mlp.up_proj.weight
     assert torch.equal(fresh, again)
+
+
+def test_probe_direction_finds_the_signal_and_removing_it_kills_a_one_direction_signal():
+    gen = torch.Generator().manual_seed(1)
+    labels = (torch.arange(200) % 2).long()
+    acts = torch.randn(200, 8, generator=gen)
+    acts[:, 3] += 3.0 * labels
+    direction = probes.probe_direction(probes.fit_probe(acts, labels))
+    assert direction.norm().item() == pytest.approx(1.0, abs=1e-5) and direction[3] > 0.9
+    cleaned = probes.remove_direction(acts, direction)
+    assert (cleaned @ direction).abs().max() < 1e-4
+    train, test = probes.split_by_prompt(200, 0.25)
+    assert probes.probe_accuracies(cleaned[None], labels, train, test, progress=False)[0] < 0.75
