@@ -46,6 +46,10 @@ TOY_MODELS: dict[str, ToySpec] = {
     for spec in [
         ToySpec("prev_token", "1-layer attention-only model that predicts the previous token "
                 "(a planted previous-token head; used by the test suite)."),
+        ToySpec("induction", "2-layer attention-only model trained to continue segments repeated at random "
+                "offsets (a previous-token head and an induction head; lesson 02)."),
+        ToySpec("fixed_offset", "The induction model's twin trained with the copy always 20 tokens back "
+                "(learns a positional shortcut instead of induction; lesson 02's pitfall)."),
     ]
 }
 

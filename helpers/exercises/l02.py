@@ -1,0 +1,125 @@
+"""Lesson 02 exercises: the induction score, a head-ablation hook, and the K-composition score.
+
+Cases are small seeded tensors built so that each plausible mistake changes the answer: token
+sequences with a token seen twice before (sum the attention on both targets), with the same token
+twice in a row (the query itself is not a target), and with queries that have no earlier copy (they
+do not count); hook_z tensors whose head axis differs in size from the position and d_head axes (a
+wrong axis shows); and weight matrices whose Q-, K- and V-composition scores all differ.
+"""
+from __future__ import annotations
+
+import torch
+
+from helpers.attention import induction_score as _induction_score
+from helpers.checks import Case, CheckResult, check
+from helpers.induction import composition_score
+
+
+def reference_induction_score(pattern: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean attention on the keys right after earlier copies of the query's token. [batch, head, q, k], [batch, pos] -> [head]."""
+    return _induction_score(pattern, tokens)
+
+
+def reference_zero_head_hook(z: torch.Tensor, hook, head: int) -> torch.Tensor:
+    """hook_z [batch, pos, head, d_head] with head `head` set to zero and every other head unchanged."""
+    z = z.clone()
+    z[:, :, head] = 0.0
+    return z
+
+
+def reference_k_composition(W_V0: torch.Tensor, W_O0: torch.Tensor, W_Q1: torch.Tensor, W_K1: torch.Tensor) -> torch.Tensor:
+    """K-composition of an early head (W_V0 [d_model, d_head], W_O0 [d_head, d_model]) into a late head's keys (W_Q1, W_K1 [d_model, d_head])."""
+    W_OV = W_V0 @ W_O0
+    W_QK = W_Q1 @ W_K1.T
+    return composition_score(W_OV, W_QK.T)
+
+
+def _causal_pattern(batch: int, heads: int, pos: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randn(batch, heads, pos, pos, generator=generator) * 2
+    return scores.masked_fill(torch.ones(pos, pos, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+
+
+def _repeated(length: int, seed: int) -> torch.Tensor:
+    """[1, 1 + 2 * length]: BOS (0), then `length` distinct tokens, then the same tokens again."""
+    half = torch.randperm(50, generator=torch.Generator().manual_seed(seed))[:length] + 1
+    return torch.cat([torch.zeros(1, dtype=torch.long), half, half])[None]
+
+
+_TARGET = ("For query q, the targets are the keys k (1 <= k < q) with tokens[k - 1] == tokens[q]: the token *after* "
+           "an earlier copy of the query's token, not the copy itself.")
+_ELIGIBLE = ("Average only over the (batch, query) pairs that have at least one target; a query whose token never "
+             "appeared before cannot show induction and must not count as a zero. Average over the batch too.")
+_SUM = ("When the query's token appeared more than once before, there are several targets: add the attention on all "
+        "of them (a head that splits its attention between the copies still does induction).")
+_SELF = ("k < q strictly: when the same token appears twice in a row, the 'token after the earlier copy' is the query "
+         "itself, which is not an earlier position and is not a target.")
+
+
+def _score_cases() -> list[Case]:
+    clean = _repeated(6, seed=0)
+    # Token 7 appears three times (two targets for its last copy), 9 9 appears twice in a row, and
+    # several queries have no earlier copy at all.
+    messy = torch.tensor([[0, 7, 3, 9, 9, 7, 5, 7, 2, 3, 8, 5],
+                          [0, 4, 4, 4, 6, 1, 6, 1, 2, 2, 6, 1]])
+    cases = []
+    for name, tokens, heads, seed, hint in [
+        ("BOS + 6 random tokens + the same 6 again, 2 heads", clean, 2, 1, _TARGET),
+        ("a batch of 2 with repeats, triple copies and a doubled token, 3 heads", messy, 3, 2,
+         f"{_ELIGIBLE} {_SUM} {_SELF}"),
+    ]:
+        pattern = _causal_pattern(tokens.shape[0], heads, tokens.shape[1], seed)
+        cases.append(Case(name, (pattern, tokens), reference_induction_score(pattern, tokens), hint))
+    return cases
+
+
+_AXIS = ("hook_z is [batch, pos, head, d_head]: the head is axis 2 (z[:, :, head]). Zero that head at every "
+         "batch item and position, and leave the other heads as they were.")
+_RETURN = "Return the edited tensor (a hook's return value replaces the activation)."
+
+
+def _hook_cases() -> list[Case]:
+    generator = torch.Generator().manual_seed(3)
+    cases = []
+    # 5 positions, 4 heads, 3 dims per head: every axis has its own size, so a wrong axis shows.
+    for name, shape, head in [("batch 2, 5 positions, 4 heads, d_head 3: zero head 1", (2, 5, 4, 3), 1),
+                              ("batch 1, 6 positions, 3 heads, d_head 2: zero head 2 (the last)", (1, 6, 3, 2), 2)]:
+        z = torch.randn(*shape, generator=generator)
+        cases.append(Case(name, (z, None), reference_zero_head_hook(z, None, head), f"{_AXIS} {_RETURN}",
+                          kwargs={"head": head}))
+    return cases
+
+
+_KCOMP = ("W_OV = W_V0 @ W_O0 is what the early head writes; W_QK = W_Q1 @ W_K1.T scores query against key. "
+          "The early head feeds the late head's *keys*, so multiply W_OV by W_QK.T (K-composition), take the "
+          "Frobenius norm, and divide by the Frobenius norms of W_OV and W_QK.")
+
+
+def _composition_cases() -> list[Case]:
+    generator = torch.Generator().manual_seed(4)
+    cases = []
+    for name, d_model, d_head in [("d_model 6, d_head 2", 6, 2), ("d_model 16, d_head 4", 16, 4)]:
+        weights = tuple(torch.randn(*shape, generator=generator) for shape in
+                        [(d_model, d_head), (d_head, d_model), (d_model, d_head), (d_model, d_head)])
+        cases.append(Case(name, weights, reference_k_composition(*weights).item(), _KCOMP))
+    return cases
+
+
+SCORE_CASES = _score_cases()
+HOOK_CASES = _hook_cases()
+COMPOSITION_CASES = _composition_cases()
+
+
+def check_induction_score(fn) -> CheckResult:
+    """Check a learner's induction_score(pattern, tokens) against the reference."""
+    return check("induction_score", fn, SCORE_CASES, atol=1e-5, rtol=1e-4)
+
+
+def check_zero_head_hook(fn) -> CheckResult:
+    """Check a learner's zero_head_hook(z, hook, head) against the reference."""
+    return check("zero_head_hook", fn, HOOK_CASES, atol=0.0, rtol=0.0)
+
+
+def check_k_composition(fn) -> CheckResult:
+    """Check a learner's k_composition(W_V0, W_O0, W_Q1, W_K1) against the reference."""
+    return check("k_composition", fn, COMPOSITION_CASES, atol=1e-5, rtol=1e-4)
