@@ -144,6 +144,8 @@ def _resolve_positions(position, lengths: list[int]) -> list[int]:
     n = len(lengths)
     if position == "last":
         return [length - 1 for length in lengths]
+    if isinstance(position, str):
+        raise ProbeDataError(f"position must be 'last', an int or one int per prompt, got {position!r}.")
     if isinstance(position, int):
         positions = [position if position >= 0 else length + position for length in lengths]
     else:
@@ -176,6 +178,8 @@ def gather_activations(model, prompts: Sequence[str], hook_names: str | Sequence
         raise PromptError("gather_activations needs a non-empty list of non-empty prompt strings.")
     ids = [model.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
     if prepend_bos:
+        if model.tokenizer.bos_token_id is None:
+            raise PromptError(f"{model.cfg.model_name}'s tokenizer has no BOS token; pass prepend_bos=False.")
         ids = [[model.tokenizer.bos_token_id, *row] for row in ids]
     lengths = [len(row) for row in ids]
     if max(lengths) > model.cfg.n_ctx:

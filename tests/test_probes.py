@@ -137,6 +137,8 @@ def test_token_position_finds_the_entitys_last_token(smollm2):
 def test_bad_positions_are_clear_errors(smollm2):
     with pytest.raises(PromptError, match="outside prompt 0"):
         probes.gather_activations(smollm2, ["Hello there"], "blocks.0.hook_resid_post", position=7, progress=False)
+    with pytest.raises(ProbeDataError, match="'first'"):
+        probes.gather_activations(smollm2, ["Hello there"], "blocks.0.hook_resid_post", position="first", progress=False)
     with pytest.raises(ProbeDataError, match="one position per prompt"):
         probes.gather_activations(smollm2, ["Hello there", "Hi"], "blocks.0.hook_resid_post", position=[1], progress=False)
 
