@@ -289,26 +289,57 @@ def _patch_hooks(patches: Sequence[Patch], batch: int, clean_cache, start: int):
     return hooks
 
 
-def _row_bytes(model, n_pos: int, full_pos: int) -> tuple[int, int]:
-    """Rough float32 bytes one row needs inside a block (n_pos positions computed), and for its
-    logits over all full_pos positions (with room for a copy the metric may make)."""
+def _row_bytes(model, n_pos: int, full_pos: int, n_read: int) -> tuple[int, int]:
+    """Rough float32 bytes one row needs inside a block (n_pos of full_pos positions computed), and
+    for its logits at the n_read positions the metric reads (with room for a copy)."""
     cfg = model.cfg
     d_mlp = cfg.d_mlp or 4 * cfg.d_model
     block = 4 * n_pos * (12 * cfg.d_model + 5 * d_mlp + 3 * cfg.n_heads * full_pos)
-    logits = 4 * full_pos * cfg.d_vocab * 3
+    logits = 4 * n_read * cfg.d_vocab * 2
     return block, logits
 
 
-def _chunk_sizes(model, n_pos: int, full_pos: int, batch: int, batch_size, max_memory_mb) -> tuple[int, int]:
+def _chunk_sizes(model, n_pos: int, full_pos: int, n_read: int, batch: int, batch_size,
+                 max_memory_mb) -> tuple[int, int]:
     """(variants per chunk, variants per unembedding) within the memory cap."""
     cap = (max_memory_mb or DEFAULT_MAX_MEMORY_MB) * 2**20
-    block, logits = _row_bytes(model, n_pos, full_pos)
+    block, logits = _row_bytes(model, n_pos, full_pos, n_read)
     per_chunk = max(1, int(cap // (block * batch)))
     per_unembed = max(1, int(cap // (logits * batch)))
     if batch_size is not None:
         per_chunk = min(per_chunk, int(batch_size))
         per_unembed = min(per_unembed, int(batch_size))
     return per_chunk, per_unembed
+
+
+def _positions_read(metric: Metric, logits: torch.Tensor, value: torch.Tensor) -> list[int]:
+    """The positions whose logits the metric reads (all of them unless proven fewer).
+
+    Candidates are the positions where the metric has a gradient; the claim is then checked by
+    replacing every other position with NaN, and with large noise, and requiring the very same
+    value. Sweeps fill unread positions with NaN, so a metric that did read them would show NaN
+    rather than a wrong number.
+    """
+    every = list(range(logits.shape[1]))
+    probe = logits.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = metric(probe)
+        if not isinstance(out, torch.Tensor) or not out.requires_grad:
+            return every
+        (grad,) = torch.autograd.grad(out, probe, allow_unused=True)
+    if grad is None:
+        return every
+    read = grad.abs().sum(dim=(0, 2)).nonzero().flatten().tolist()
+    others = [q for q in every if q not in read]
+    if not read or not others:
+        return every
+    noise = torch.randn(logits[:, others].shape, generator=torch.Generator().manual_seed(0)) * 100
+    for poison in (float("nan"), noise.to(logits.device)):
+        poisoned = logits.clone()
+        poisoned[:, others] = poison
+        if not torch.equal(torch.as_tensor(metric(poisoned)), value):
+            return every
+    return read
 
 
 def _first_difference(clean: torch.Tensor, corrupted: torch.Tensor) -> int:
@@ -355,23 +386,28 @@ def run_patches(model, clean, corrupted, metric: Metric, patches: Sequence[Patch
         raise PatchingError(f"mode {mode!r} does not reproduce {model.cfg.model_name}'s forward pass here.")
     mode = mode or available
 
-    # Causality: a patch at position p leaves positions < p untouched, and positions before the
-    # first token where clean and corrupted differ hold equal activations, so patching them is a no-op.
+    # Causality: a patch at position p changes no position before p, so it cannot move a metric
+    # that reads only earlier logits. Positions before the first token where clean and corrupted
+    # differ hold equal activations in both runs, so patches there change nothing at all.
+    read = _positions_read(metric, corrupted_logits, _metric_value(metric, corrupted_logits)) if causal \
+        else list(range(n_pos))
     first_diff = _first_difference(clean, corrupted) if causal else 0
     values = torch.full((len(patches),), float("nan"))
     groups: dict[int, list[int]] = {}
     for i, patch in enumerate(patches):
-        reach = patch.index if SITES[patch.site][1] == "pos" else 0
-        if max(reach, first_diff) >= n_pos or (reach < first_diff and SITES[patch.site][1] == "pos"):
+        reach = max(patch.index if SITES[patch.site][1] == "pos" else 0, first_diff)
+        no_op = SITES[patch.site][1] == "pos" and patch.index < first_diff
+        if no_op or reach > max(read):
             values[i] = baseline
             continue
-        start = max(reach, first_diff) if mode == "suffix" else 0
-        groups.setdefault(start, []).append(i)
+        groups.setdefault(reach if mode == "suffix" else 0, []).append(i)
 
     jobs = []
     for start, members in sorted(groups.items()):
         members.sort(key=lambda i: patches[i].layer)
-        per_chunk, per_unembed = _chunk_sizes(model, n_pos - start, n_pos, batch, batch_size, max_memory_mb)
+        n_read = len([q for q in read if q >= start])
+        per_chunk, per_unembed = _chunk_sizes(model, n_pos - start, n_pos, n_read, batch, batch_size,
+                                              max_memory_mb)
         jobs += [(start, members[i:i + per_chunk], per_unembed) for i in range(0, len(members), per_chunk)]
     steps = sum(1 if mode == "full" else n_layers - patches[chunk[0]].layer for _, chunk, _ in jobs)
     with torch.no_grad(), tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
@@ -385,15 +421,16 @@ def run_patches(model, clean, corrupted, metric: Metric, patches: Sequence[Patch
                     bar.update(1)
                 else:
                     out = _run_chunk(replayer, chunk_patches, corrupted_cache, corrupted_logits, start,
-                                     per_unembed, metric, bar)
+                                     read, per_unembed, metric, bar)
             values[torch.tensor(chunk)] = torch.stack([v.detach().float().cpu() for v in out])
     return values
 
 
 def _run_chunk(replayer: _Replay, chunk: Sequence[Patch], corrupted_cache, corrupted_logits, start: int,
-               per_unembed: int, metric: Metric, bar) -> list[torch.Tensor]:
-    """Climb the blocks from the chunk's lowest layer, adding each variant's rows at its layer."""
-    batch = replayer.batch
+               read: list[int], per_unembed: int, metric: Metric, bar) -> list[torch.Tensor]:
+    """Climb the blocks from the chunk's lowest layer, adding each variant's rows at its layer;
+    then unembed only the positions the metric reads at or after `start`."""
+    batch, n_pos = replayer.batch, replayer.n_pos
     n_layers = len(replayer.model.blocks)
     counts = torch.bincount(torch.tensor([p.layer for p in chunk]), minlength=n_layers)
     x = None
@@ -403,18 +440,21 @@ def _run_chunk(replayer: _Replay, chunk: Sequence[Patch], corrupted_cache, corru
             x = fresh if x is None else torch.cat([x, fresh])
         x = replayer.block(layer, x, start)
         bar.update(1)
+    computed = [q for q in read if q >= start]
+    unchanged = [q for q in read if q < start]  # before the patch: the corrupted run's logits
+    x = x[:, [q - start for q in computed]]
     out = []
     for first in range(0, len(chunk), per_unembed):
         last = min(len(chunk), first + per_unembed)
-        suffix = replayer.logits(x[first * batch:last * batch])
-        if start:  # positions before `start` are the corrupted run's, untouched by the patch
-            logits = suffix.new_empty((suffix.shape[0], corrupted_logits.shape[1], suffix.shape[2]))
-            logits.view(last - first, batch, *logits.shape[1:])[:, :, :start] = corrupted_logits[:, :start]
-            logits[:, start:] = suffix
-            del suffix
-        else:
-            logits = suffix
-        out += [_metric_value(metric, logits[v * batch:(v + 1) * batch]) for v in range(last - first)]
+        fresh = replayer.logits(x[first * batch:last * batch])
+        for v in range(last - first):
+            if len(read) == n_pos and not unchanged:
+                logits = fresh[v * batch:(v + 1) * batch]
+            else:
+                logits = corrupted_logits.new_full(corrupted_logits.shape, float("nan"))
+                logits[:, unchanged] = corrupted_logits[:, unchanged]
+                logits[:, computed] = fresh[v * batch:(v + 1) * batch]
+            out.append(_metric_value(metric, logits))
     return out
 
 
