@@ -48,11 +48,12 @@ def head_ablation_hooks(model, heads: Iterable[Head], replacement: dict[int, tor
 
 
 def run_with_heads_ablated(model, tokens: torch.Tensor, heads: Iterable[Head], mode: str = "zero",
-                           reference_tokens: torch.Tensor | None = None) -> torch.Tensor:
+                           reference_tokens: torch.Tensor | None = None, per_position: bool = False) -> torch.Tensor:
     """Logits [batch, pos, vocab] with `heads` ablated.
 
     mode: "zero"; "mean" (each head's output averaged over batch and positions of reference_tokens,
-    default the same tokens); "resample" (the head's output on reference_tokens, same shape as tokens).
+    default the same tokens; over the batch only, position by position, if `per_position`);
+    "resample" (the head's output on reference_tokens, same shape as tokens).
     """
     heads = _validate_heads(model, heads)
     replacement = None
@@ -68,6 +69,26 @@ def run_with_heads_ablated(model, tokens: torch.Tensor, heads: Iterable[Head], m
         replacement = {}
         for layer, _ in heads:
             z = cache[f"blocks.{layer}.attn.hook_z"]
-            replacement[layer] = z.mean((0, 1), keepdim=True) if mode == "mean" else z
+            if mode == "mean" and per_position and z.shape[1] != tokens.shape[1]:
+                raise MicroscopeError(f"per-position mean ablation needs reference tokens with {tokens.shape[1]} "
+                                      f"positions, got {z.shape[1]}")
+            mean_dims = (0,) if per_position else (0, 1)
+            replacement[layer] = z.mean(mean_dims, keepdim=True) if mode == "mean" else z
     with torch.no_grad():
         return model.run_with_hooks(tokens, fwd_hooks=head_ablation_hooks(model, heads, replacement))
+
+
+def head_means(model, reference_tokens: torch.Tensor, layers: Iterable[int] | None = None,
+               per_position: bool = True) -> dict[int, torch.Tensor]:
+    """Mean hook_z over reference_tokens, per layer: [1, pos, n_heads, d_head] (or [1, 1, ...] if not per_position).
+
+    Per-position means keep what a head typically writes at each position of a fixed template (e.g.
+    its output at the BOS token), so mean ablation removes the prompt-specific part only.
+    """
+    layers = range(model.cfg.n_layers) if layers is None else list(layers)
+    _validate_heads(model, [(layer, 0) for layer in layers])
+    names = [f"blocks.{layer}.attn.hook_z" for layer in layers]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(reference_tokens, names_filter=names)
+    dims = (0,) if per_position else (0, 1)
+    return {layer: cache[name].mean(dims, keepdim=True) for layer, name in zip(layers, names)}

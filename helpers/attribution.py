@@ -1,0 +1,183 @@
+"""Direct logit attribution (DLA) of every component, and a circuit check that ablates all other heads.
+
+The residual stream at the last position is a sum: embeddings + every head's output + every MLP's
+output (+ biases). The final norm divides that sum by one number per position (its *scale*) before
+the unembedding, so once the scale is frozen at the value the real run used, the logit difference
+is a sum of one term per component: the component's vector, divided by the scale, times the norm's
+weight, dotted with ``W_U[:, IO] - W_U[:, S]``. That frozen scale is the standard approximation:
+the terms add up exactly to the real logit difference, but a term is *not* what removing the
+component would do, because removing it would also change the scale (and everything downstream).
+
+Head h of layer L writes ``hook_z[:, :, h] @ W_O[L, h]`` into the residual stream.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from helpers.ablation import Head, _validate_heads, head_ablation_hooks, head_means
+from helpers.errors import MicroscopeError, ShapeError
+
+
+class AttributionError(MicroscopeError):
+    """Inputs attribution or the circuit check cannot use: a missing cache entry, a bad metric."""
+
+
+def _cached(cache, name: str) -> torch.Tensor:
+    try:
+        return cache[name]
+    except KeyError:
+        raise AttributionError(f"The cache has no {name!r}; run model.run_with_cache(tokens) without a "
+                               "names_filter (or include that hook).") from None
+
+
+def _optional_param(module, name: str) -> torch.Tensor | None:
+    """module.name if it is a tensor with a nonzero entry, else None (an all-zero bias adds nothing)."""
+    try:
+        value = getattr(module, name)
+    except AttributeError:  # bias-free checkpoints raise instead of returning None
+        return None
+    if not isinstance(value, torch.Tensor) or not value.detach().abs().max() > 0:
+        return None
+    return value
+
+
+def answer_directions(model, io_ids: torch.Tensor, s_ids: torch.Tensor) -> torch.Tensor:
+    """Unembedding difference directions W_U[:, io] - W_U[:, s]: [batch, d_model]."""
+    io_ids, s_ids = torch.as_tensor(io_ids).flatten(), torch.as_tensor(s_ids).flatten()
+    if io_ids.shape != s_ids.shape:
+        raise ShapeError(f"io_ids has {io_ids.numel()} entries but s_ids {s_ids.numel()}; need one of each per prompt.")
+    return (model.W_U[:, io_ids] - model.W_U[:, s_ids]).T
+
+
+def _readout(model, cache, vectors: torch.Tensor, directions: torch.Tensor, pos: int) -> torch.Tensor:
+    """Logit-difference contribution of residual vectors [..., batch, d_model] through the frozen final norm -> [..., batch]."""
+    norm = (model.cfg.normalization_type or "").upper()
+    if norm.startswith("LN"):  # LayerNorm subtracts the mean: linear too, so apply it per component
+        vectors = vectors - vectors.mean(-1, keepdim=True)
+    if norm:
+        scale = _cached(cache, "ln_final.hook_scale")[:, pos]  # [batch, 1], from the real run
+        vectors = vectors / scale
+        weight = _optional_param(model.ln_final, "weight")
+        if weight is not None:
+            vectors = vectors * weight
+    return (vectors * directions).sum(-1)
+
+
+def head_outputs(model, cache, pos: int = -1) -> torch.Tensor:
+    """What each head writes into the residual stream at `pos`: [n_layers, n_heads, batch, d_model]."""
+    out = []
+    for layer in range(model.cfg.n_layers):
+        z = _cached(cache, f"blocks.{layer}.attn.hook_z")[:, pos]  # [batch, head, d_head]
+        out.append(torch.einsum("bhd,hdm->hbm", z, model.W_O[layer]))
+    return torch.stack(out)
+
+
+def head_dla(model, cache, io_ids: torch.Tensor, s_ids: torch.Tensor, pos: int = -1,
+             per_prompt: bool = False) -> torch.Tensor:
+    """Each head's direct contribution to logit(IO) - logit(S): [n_layers, n_heads] (batch mean), or [..., batch]."""
+    with torch.no_grad():
+        values = _readout(model, cache, head_outputs(model, cache, pos), answer_directions(model, io_ids, s_ids), pos)
+    return values if per_prompt else values.mean(-1)
+
+
+def component_dla(model, cache, io_ids: torch.Tensor, s_ids: torch.Tensor,
+                  pos: int = -1) -> tuple[list[str], torch.Tensor]:
+    """(labels, values [n_components, batch]): 'embed', every head 'L{l}H{h}', every 'MLP{l}', and biases.
+
+    With the final-norm scale frozen at the real run's value, values.sum(0) equals the model's
+    logit difference at `pos` for every prompt (up to float rounding).
+    """
+    io_ids, s_ids = torch.as_tensor(io_ids).flatten(), torch.as_tensor(s_ids).flatten()
+    directions = answer_directions(model, io_ids, s_ids)
+    labels, vectors = ["embed"], []
+    with torch.no_grad():
+        embed = _cached(cache, "hook_embed")[:, pos]
+        if "hook_pos_embed" in cache:
+            embed = embed + cache["hook_pos_embed"][:, pos]
+        vectors.append(embed[None])
+        heads = head_outputs(model, cache, pos)
+        for layer in range(model.cfg.n_layers):
+            labels += [f"L{layer}H{h}" for h in range(model.cfg.n_heads)]
+            vectors.append(heads[layer])
+            bias = _optional_param(model.blocks[layer].attn, "b_O")
+            if bias is not None:
+                labels.append(f"attn bias {layer}")
+                vectors.append(bias.expand_as(embed)[None])
+            if not getattr(model.cfg, "attn_only", False):
+                labels.append(f"MLP{layer}")
+                vectors.append(_cached(cache, f"blocks.{layer}.hook_mlp_out")[:, pos][None])
+        values = _readout(model, cache, torch.cat(vectors), directions, pos)
+        constant = _final_biases(model, directions, io_ids, s_ids)
+        if constant is not None:
+            labels.append("final biases")
+            values = torch.cat([values, constant[None]])
+    return labels, values
+
+
+def _final_biases(model, directions: torch.Tensor, io_ids: torch.Tensor, s_ids: torch.Tensor) -> torch.Tensor | None:
+    """The part of the logit difference no component writes (final-norm bias, unembedding bias): [batch] or None."""
+    parts = []
+    bias = _optional_param(model.ln_final, "bias") if model.cfg.normalization_type else None
+    if bias is not None:
+        parts.append(directions @ bias)
+    b_u = _optional_param(model, "b_U")
+    if b_u is not None:
+        parts.append(b_u[io_ids] - b_u[s_ids])
+    return sum(parts) if parts else None
+
+
+def _scalar(metric: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor) -> float:
+    value = metric(logits)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dim() == 0:
+        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+    raise AttributionError(f"The metric must return one number (a 0-d tensor), got {shape}; "
+                           "reduce it, e.g. with .mean() over the batch.")
+
+
+def all_heads(model) -> list[Head]:
+    """Every (layer, head) of the model, layer by layer."""
+    return [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
+
+
+def run_with_only_heads(model, tokens: torch.Tensor, keep: Iterable[Head],
+                        reference_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [batch, pos, vocab] with every head NOT in `keep` mean-ablated (MLPs and embeddings untouched).
+
+    Each ablated head's output is replaced by its mean over reference_tokens (default: `tokens`),
+    taken separately at each position, so the rest of the model still sees a typical value there.
+    """
+    keep = set(_validate_heads(model, keep))
+    ablate = [h for h in all_heads(model) if h not in keep]
+    reference = tokens if reference_tokens is None else reference_tokens
+    if reference.shape[1] != tokens.shape[1]:
+        raise ShapeError(f"Per-position means need reference prompts as long as the prompts: "
+                         f"{reference.shape[1]} vs {tokens.shape[1]} tokens.")
+    with torch.no_grad():
+        if not ablate:
+            return model(tokens)
+        means = head_means(model, reference, per_position=True)
+        return model.run_with_hooks(tokens, fwd_hooks=head_ablation_hooks(model, ablate, means))
+
+
+def circuit_check(model, tokens: torch.Tensor, keep: Sequence[Head], metric: Callable[[torch.Tensor], torch.Tensor],
+                  reference_tokens: torch.Tensor | None = None) -> dict[str, float]:
+    """How much of the metric a set of heads keeps when every other head is mean-ablated.
+
+    Returns full (the intact model), circuit (only `keep` intact), no_heads (every head ablated) and
+    recovered = (circuit - no_heads) / (full - no_heads): 1 means the kept heads suffice, 0 means
+    they do no better than ablating everything.
+    """
+    with torch.no_grad():
+        full = _scalar(metric, model(tokens))
+    circuit = _scalar(metric, run_with_only_heads(model, tokens, keep, reference_tokens))
+    none = _scalar(metric, run_with_only_heads(model, tokens, [], reference_tokens))
+    gap = full - none
+    if abs(gap) < 1e-6:
+        raise AttributionError(f"Ablating every head leaves the metric unchanged ({full:.4g}); the heads do not "
+                               "carry this behaviour, so 'recovered' is undefined.")
+    return {"full": full, "circuit": circuit, "no_heads": none, "recovered": (circuit - none) / gap}

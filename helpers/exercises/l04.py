@@ -1,0 +1,135 @@
+"""Lesson 04 exercises: the logit difference, residual-stream patching by hand, attribution patching.
+
+Cases are built so that each plausible mistake gives a different answer: random logits whose first
+and last positions disagree (reading the wrong position shows) and whose answers are not symmetric
+(swapping them shows); a small IOI batch on the real model where patching the position before S2
+changes nothing, so the wrong position shows, and where running the clean prompt with corrupted
+activations gives a different number from the reverse.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from helpers import ioi
+from helpers.checks import Case, CheckResult, check
+
+__all__ = ["reference_logit_diff", "reference_patch_resid_pre", "reference_attribution_patch_resid",
+           "check_logit_diff", "check_patch_resid_pre", "check_attribution_patch_resid", "exercise_pairs"]
+
+
+def reference_logit_diff(logits: torch.Tensor, io_ids: torch.Tensor, s_ids: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of logit(IO) - logit(S) at the last position: logits [batch, pos, vocab] -> scalar."""
+    last = logits[:, -1]
+    rows = torch.arange(last.shape[0])
+    return (last[rows, io_ids] - last[rows, s_ids]).mean()
+
+
+def reference_patch_resid_pre(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor,
+                              metric: Callable, layer: int, pos: int) -> torch.Tensor:
+    """metric of the corrupted run with blocks.{layer}.hook_resid_pre at `pos` replaced by its clean value."""
+    name = f"blocks.{layer}.hook_resid_pre"
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean_tokens, names_filter=[name])
+
+        def patch(resid, hook):
+            resid = resid.clone()
+            resid[:, pos] = clean_cache[name][:, pos]
+            return resid
+
+        logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, patch)])
+    return metric(logits)
+
+
+def reference_attribution_patch_resid(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor,
+                                      metric: Callable) -> torch.Tensor:
+    """First-order estimate of every resid_pre patch: [n_layers, pos].
+
+    estimate[L, p] = sum over batch and d_model of (clean - corrupted)[:, p] * d metric / d resid_pre[L]
+    with the gradient taken on the corrupted run.
+    """
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean_tokens, names_filter=names)
+    saved = {}
+
+    def keeper(name):
+        def keep(resid, hook):
+            saved[name] = resid  # kept attached to the graph, so autograd can reach it
+            return resid
+        return keep
+
+    with torch.enable_grad():
+        logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, keeper(name)) for name in names])
+        grads = torch.autograd.grad(metric(logits), [saved[name] for name in names])
+    rows = [((clean_cache[name] - saved[name].detach()) * grad).sum((0, 2)) for name, grad in zip(names, grads)]
+    return torch.stack(rows)
+
+
+def _logit_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(4)
+    cases = []
+    for name, (batch, pos, vocab) in [("batch of 3, 5 positions, 10-token vocabulary", (3, 5, 10)),
+                                      ("one prompt, 4 positions, 7-token vocabulary", (1, 4, 7))]:
+        logits = torch.randn(batch, pos, vocab, generator=gen) * 3
+        io_ids = torch.randint(0, vocab, (batch,), generator=gen)
+        s_ids = (io_ids + 1 + torch.randint(0, vocab - 1, (batch,), generator=gen)) % vocab
+        # The last position prefers IO and position 0 prefers S, so both a swap and a wrong position show.
+        logits[torch.arange(batch), -1, io_ids] += 4.0
+        logits[torch.arange(batch), 0, s_ids] += 4.0
+        cases.append(Case(name, (logits, io_ids, s_ids), reference_logit_diff(logits, io_ids, s_ids),
+                          hint="read the LAST position (logits[:, -1]), subtract the S logit from the IO logit "
+                               "(raw logits, no softmax) for each prompt, then average over the batch"))
+    return cases
+
+
+def check_logit_diff(fn: Callable) -> CheckResult:
+    """Check logit_diff(logits [batch, pos, vocab], io_ids [batch], s_ids [batch]) -> scalar."""
+    return check("logit_diff", fn, _logit_cases(), atol=1e-5, rtol=1e-4)
+
+
+def exercise_pairs(model) -> tuple[ioi.IOIDataset, Callable]:
+    """Two IOI pairs (different templates, names and orders) and their normalised logit-difference metric."""
+    full = ioi.make_dataset(model, n_pairs=2, templates=ioi.TEMPLATES[:2], seed=3)
+    pairs = full.subset([0, 7])
+    with torch.no_grad():
+        clean = ioi.logit_diff(model(pairs.clean_tokens), pairs.io_ids, pairs.s_ids)
+        corrupted = ioi.logit_diff(model(pairs.corrupted_tokens), pairs.io_ids, pairs.s_ids)
+    return pairs, ioi.normalized_metric(pairs, clean, corrupted)
+
+
+_PATCH_HINT = ("cache the CLEAN run, then run the CORRUPTED tokens with a hook on blocks.{layer}.hook_resid_pre that "
+               "overwrites only position `pos` (resid[:, pos]) with the clean value, and return metric(logits)")
+
+
+def _patch_cases(model) -> list[Case]:
+    pairs, metric = exercise_pairs(model)
+    s2 = int(pairs.s2_pos[0])
+    end = pairs.clean_tokens.shape[1] - 1
+    args = (model, pairs.clean_tokens, pairs.corrupted_tokens, metric)
+    cases = []
+    for layer, pos, where in [(0, s2, "S2"), (0, s2 - 1, "the token before S2"), (model.cfg.n_layers - 8, end, "END")]:
+        cases.append(Case(f"layer {layer}, position {pos} ({where})", (*args, layer, pos),
+                          float(reference_patch_resid_pre(*args, layer, pos)), hint=_PATCH_HINT))
+    return cases
+
+
+def check_patch_resid_pre(fn: Callable, model) -> CheckResult:
+    """Check patch_resid_pre(model, clean_tokens, corrupted_tokens, metric, layer, pos) -> metric value."""
+    return check("patch_resid_pre", fn, _patch_cases(model), atol=1e-3, rtol=1e-3, after_each=model.reset_hooks)
+
+
+def _attribution_cases(model) -> list[Case]:
+    pairs, metric = exercise_pairs(model)
+    args = (model, pairs.clean_tokens, pairs.corrupted_tokens, metric)
+    return [Case("two IOI pairs, every layer and position", args, reference_attribution_patch_resid(*args),
+                 hint="take the gradient of the metric on the CORRUPTED run with respect to each "
+                      "blocks.{L}.hook_resid_pre, multiply by (clean - corrupted) activations, and sum over the "
+                      "batch and d_model, keeping [layer, pos]")]
+
+
+def check_attribution_patch_resid(fn: Callable, model) -> CheckResult:
+    """Check attribution_patch_resid(model, clean_tokens, corrupted_tokens, metric) -> [n_layers, pos]."""
+    return check("attribution_patch_resid", fn, _attribution_cases(model), atol=2e-3, rtol=1e-2,
+                 after_each=model.reset_hooks)
