@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -67,14 +66,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _fresh_copy(folder: Path) -> Path:
-    """The lesson without outputs or saved widget state, so only a fresh run can show the explorer."""
+def _copy(folder: Path, name: str, keep_outputs: bool) -> Path:
+    """The lesson as committed, or without outputs and saved widget state (only a fresh run can then show the explorer)."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    nb.metadata.pop("widgets", None)
-    path = folder / NOTEBOOK.name
+    if not keep_outputs:
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        nb.metadata.pop("widgets", None)
+    path = folder / name
     nbformat.write(nb, path)
     return path
 
@@ -112,58 +112,93 @@ def _stop(server: subprocess.Popen) -> None:
             server.wait()
 
 
-def test_lesson_01_runs_in_jupyterlab_and_the_explorer_renders(tmp_path):
+def _env(folder: Path) -> dict[str, str]:
+    """One kernel thread, and Jupyter's runtime and data (notebook trust database) kept inside the test's folder."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "JUPYTER_RUNTIME_DIR": str(folder / "runtime"),
+            "JUPYTER_DATA_DIR": str(folder / "data")}
+
+
+@pytest.fixture(scope="module")
+def jupyterlab(tmp_path_factory):
+    """A JupyterLab server on a free localhost port with a random token: (base URL, token, its folder)."""
+    folder = tmp_path_factory.mktemp("lab")
+    port, token = _free_port(), secrets.token_hex(16)
+    log_path = folder / "jupyterlab.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}", "--LabApp.expose_app_in_browser=True",
+             "--LabApp.news_url=None", f"--LabApp.user_settings_dir={_quiet_settings(folder)}",
+             f"--LabApp.workspaces_dir={folder / 'workspaces'}", "--LabApp.extension_manager=readonly",
+             *(["--allow-root"] if os.geteuid() == 0 else [])],
+            cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=_env(folder),
+        )
+        try:
+            _wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", server, log_path)
+            yield f"http://127.0.0.1:{port}", token, folder
+        finally:
+            _stop(server)
+
+
+@pytest.fixture
+def page():
+    """A page in headless Debian Chromium, closed after the test."""
     from playwright.sync_api import sync_playwright
 
-    notebook = _fresh_copy(tmp_path)
-    port, token = _free_port(), secrets.token_hex(16)
-    log_path = tmp_path / "jupyterlab.log"
-    log = open(log_path, "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}", "--LabApp.expose_app_in_browser=True",
-         "--LabApp.news_url=None", f"--LabApp.user_settings_dir={_quiet_settings(tmp_path)}",
-         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", "--LabApp.extension_manager=readonly",
-         *(["--allow-root"] if os.geteuid() == 0 else [])],
-        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")},
-    )
-    try:
-        _wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", server, log_path)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(f"http://127.0.0.1:{port}/lab/tree/{notebook.name}?token={token}")
-                page.wait_for_function(KERNEL_IDLE, timeout=120_000, polling=500)
-                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-                page.wait_for_function(ALL_CELLS_RUN, timeout=RUN_TIMEOUT_S * 1000, polling=1000)
-                assert page.evaluate(ERRORS) == []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        finally:
+            browser.close()
 
-                explorer = page.locator(".attention-explorer")
-                explorer.scroll_into_view_if_needed()
-                assert explorer.is_visible()
-                assert page.get_by_text("Error displaying widget").count() == 0
-                heatmap_width = explorer.locator("img").evaluate("img => img.complete ? img.naturalWidth : 0")
-                assert heatmap_width > 100, "the heatmap image did not load"
-                tokens = explorer.locator(".strip .tok")
-                assert tokens.count() == 18  # BOS + the 17 tokens of the lesson's prompt
-                assert explorer.locator("input[type=range], .widget-slider").count() >= 3
 
-                umbrella = tokens.nth(5)  # ' umbrella': where head 18.6 sends the second ' red'
-                background = "el => getComputedStyle(el).backgroundColor"
-                assert umbrella.evaluate(background) not in ("rgba(0, 0, 0, 0)", "transparent")
-                SCREENSHOT.parent.mkdir(exist_ok=True)
-                explorer.screenshot(path=str(SCREENSHOT))
-                # Hovering 'Alice' (query 1) shows that token's row instead: all on BOS, none on ' umbrella'.
-                tokens.nth(1).hover()
-                assert umbrella.evaluate(background) == "rgba(0, 0, 0, 0)"
-                assert tokens.nth(0).evaluate(background) != "rgba(0, 0, 0, 0)"
-            finally:
-                browser.close()
-    finally:
-        _stop(server)
-        log.close()
+def _open(page, jupyterlab, notebook: Path) -> None:
+    base, token, _ = jupyterlab
+    page.goto(f"{base}/lab/tree/{notebook.name}?token={token}")
+    page.wait_for_function(KERNEL_IDLE, timeout=120_000, polling=500)
+
+
+def test_committed_lesson_shows_the_explorer_from_saved_widget_state(jupyterlab, page):
+    folder = jupyterlab[2]
+    notebook = _copy(folder, "committed.ipynb", keep_outputs=True)
+    # Jupyter shows widget outputs only in trusted notebooks; trusting is what a learner does with
+    # File > Trust Notebook (or by running it).
+    subprocess.run([sys.executable, "-m", "jupyter", "trust", str(notebook)], env=_env(folder), check=True,
+                   capture_output=True)
+    _open(page, jupyterlab, notebook)
+    explorer = page.locator(".attention-explorer")
+    explorer.wait_for(timeout=60_000)
+    assert explorer.locator(".strip .tok").count() == 18
+    assert page.get_by_text("Error displaying widget").count() == 0
+
+
+def test_lesson_01_runs_in_jupyterlab_and_the_explorer_renders(jupyterlab, page):
+    _open(page, jupyterlab, _copy(jupyterlab[2], "fresh.ipynb", keep_outputs=False))
+    assert page.locator(".attention-explorer").count() == 0
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    page.wait_for_function(ALL_CELLS_RUN, timeout=RUN_TIMEOUT_S * 1000, polling=1000)
+    assert page.evaluate(ERRORS) == []
+
+    explorer = page.locator(".attention-explorer")
+    explorer.scroll_into_view_if_needed()
+    assert explorer.is_visible()
+    assert page.get_by_text("Error displaying widget").count() == 0
+    heatmap_width = explorer.locator("img").evaluate("img => img.complete ? img.naturalWidth : 0")
+    assert heatmap_width > 100, "the heatmap image did not load"
+    tokens = explorer.locator(".strip .tok")
+    assert tokens.count() == 18  # BOS + the 17 tokens of the lesson's prompt
+    assert explorer.locator(".widget-slider").count() >= 3
+
+    umbrella = tokens.nth(5)  # ' umbrella': where head 18.6 sends the second ' red'
+    background = "el => getComputedStyle(el).backgroundColor"
+    assert umbrella.evaluate(background) != "rgba(0, 0, 0, 0)"
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    explorer.screenshot(path=str(SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 10_000
-    shutil.rmtree(tmp_path / "runtime", ignore_errors=True)
+    # Hovering 'Alice' (query 1) shows that token's row instead: all on BOS, none on ' umbrella'.
+    tokens.nth(1).hover()
+    assert umbrella.evaluate(background) == "rgba(0, 0, 0, 0)"
+    assert tokens.nth(0).evaluate(background) != "rgba(0, 0, 0, 0)"
