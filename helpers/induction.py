@@ -76,13 +76,23 @@ def next_token_batch(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, targets
 
 
-def repeated_random_tokens(generator: torch.Generator, n: int, length: int, vocab: tuple[int, int],
-                           bos: int, repeats: int = 2) -> torch.Tensor:
-    """[n, 1 + repeats * length]: BOS, then the same `length` random ids (from [vocab[0], vocab[1])) `repeats` times."""
-    if length < 2 or repeats < 2:
-        raise MicroscopeError(f"need length >= 2 and repeats >= 2 to see induction, got {length}, {repeats}")
-    segment = torch.randint(vocab[0], vocab[1], (n, length), generator=generator)
-    return torch.cat([torch.full((n, 1), bos, dtype=torch.long), segment.repeat(1, repeats)], dim=1)
+def periodic_tokens(generator: torch.Generator, n: int, period: int, n_ctx: int, vocab: tuple[int, int],
+                    bos: int = BOS) -> torch.Tensor:
+    """[n, n_ctx]: BOS, then a random segment of `period` ids from [vocab[0], vocab[1]) repeated until n_ctx."""
+    if not 2 <= period <= (n_ctx - 1) // 2:
+        raise MicroscopeError(f"period {period} must be between 2 and {(n_ctx - 1) // 2} so the segment repeats in {n_ctx} positions")
+    segment = torch.randint(vocab[0], vocab[1], (n, period), generator=generator)
+    body = segment.repeat(1, -(-(n_ctx - 1) // period))[:, : n_ctx - 1]
+    return torch.cat([torch.full((n, 1), bos, dtype=torch.long), body], dim=1)
+
+
+def random_heads(n_layers: int, n_heads: int, k: int, generator: torch.Generator,
+                 exclude: list[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+    """k distinct (layer, head) pairs drawn uniformly from the heads not in `exclude` (a control for ablations)."""
+    pool = [(layer, head) for layer in range(n_layers) for head in range(n_heads) if (layer, head) not in set(exclude)]
+    if not 0 < k <= len(pool):
+        raise MicroscopeError(f"cannot draw {k} heads from {len(pool)} candidates")
+    return sorted(pool[i] for i in torch.randperm(len(pool), generator=generator)[:k].tolist())
 
 
 def per_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -107,6 +117,14 @@ def repeat_losses(logits: torch.Tensor, examples: RepeatExamples) -> dict[str, f
     loss = per_token_loss(logits, examples.tokens)
     return {"first_loss": masked_mean(loss, examples.first[:, :-1]),
             "second_loss": masked_mean(loss, examples.second[:, :-1])}
+
+
+def halves_loss(logits: torch.Tensor, tokens: torch.Tensor, half: int) -> tuple[float, float]:
+    """(first, second) mean loss on BOS + R + R (len(R) = half), counting predictions of R's tokens 2..half in each copy."""
+    if tokens.shape[1] != 1 + 2 * half:
+        raise ShapeError(f"tokens have {tokens.shape[1]} positions; BOS + two halves of {half} need {1 + 2 * half}")
+    loss = per_token_loss(logits, tokens)
+    return loss[:, 1:half].mean().item(), loss[:, half + 1:].mean().item()
 
 
 def head_matrices(model) -> dict[str, torch.Tensor]:
@@ -155,7 +173,10 @@ def random_composition_baseline(shape: dict[str, tuple[int, ...]], generator: to
                                 samples: int = 200, kind: str = "K") -> torch.Tensor:
     """[samples] composition scores of Gaussian matrices with the shapes of one head's W_Q, W_K, W_V, W_O."""
     d_model, d_head = shape["W_Q"]
-    draw = lambda *s: torch.randn(samples, *s, generator=generator)  # noqa: E731
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.randn(samples, *shape, generator=generator)
+
     weights = {"W_Q": draw(d_model, d_head), "W_K": draw(d_model, d_head), "W_V": draw(d_model, d_head),
                "W_O": draw(d_head, d_model)}
     ov = weights["W_V"] @ weights["W_O"]

@@ -143,8 +143,8 @@ def test_reference_hook_matches_the_ablation_helper(induction_model):
     tokens = torch.randint(1, 128, (4, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = induction_model.run_with_hooks(
-            tokens, fwd_hooks=[("blocks.1.attn.hook_z", partial(l02.reference_zero_head_hook, head=2))])
-    assert torch.allclose(ours, run_with_heads_ablated(induction_model, tokens, [(1, 2)]))
+            tokens, fwd_hooks=[("blocks.1.attn.hook_z", partial(l02.reference_zero_head_hook, head=1))])
+    assert torch.allclose(ours, run_with_heads_ablated(induction_model, tokens, [(1, 1)]))
 
 
 def _ov_qk(W_V0, W_O0, W_Q1, W_K1):
