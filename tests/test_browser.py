@@ -156,7 +156,8 @@ def page():
 
 def _open(page, jupyterlab, notebook: Path) -> None:
     base, token, _ = jupyterlab
-    page.goto(f"{base}/lab/tree/{notebook.name}?token={token}")
+    # A workspace per notebook, reset, so JupyterLab does not reopen another test's notebook beside it.
+    page.goto(f"{base}/lab/workspaces/{notebook.stem}/tree/{notebook.name}?token={token}&reset")
     page.wait_for_function(KERNEL_IDLE, timeout=120_000, polling=500)
 
 
