@@ -4,9 +4,10 @@
 
 Prints, for the residual-stream sweep (resid_pre, layers x positions) and the per-head sweep
 (z at all positions, layers x heads): each implementation's time and peak memory, the speed ratio
-and the largest difference between their numbers; then attribution patching's time and its Pearson
-correlation with the exact sweeps. TransformerLens runs under torch.no_grad() (its patching
-functions do not turn autograd off themselves; without it they are slower still).
+and the largest difference between their numbers; our sweeps again under a tight memory cap;
+then attribution patching's time and its Pearson correlation with the exact sweeps.
+TransformerLens runs under torch.no_grad() (its patching functions do not turn autograd off
+themselves; without it they are slower still).
 
 Peak memory is the process's resident set size, sampled every 2 ms during the call, minus the size
 just before it (freed heap is returned to the system first, where glibc allows). The CPU may be
@@ -84,6 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only layers 0-5 (a smoke test, not the benchmark)")
     parser.add_argument("--max-memory-mb", type=float, default=None, help="memory cap for helpers.patching")
+    parser.add_argument("--cap-demo-mb", type=float, default=64,
+                        help="a tight memory cap to rerun our sweeps under, to show chunking (default 64)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both (default 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -134,10 +137,18 @@ def main() -> None:
         print(f"{label:30s} {tl_seconds:8.1f} {our_seconds:8.1f} {tl_seconds / our_seconds:6.1f}x "
               f"{difference:10.2e} {tl_mb:7.0f} {our_mb:8.0f}")
 
+    cap = args.cap_demo_mb
+    _, capped_resid_s, capped_resid_mb = measure(
+        lambda: residual_sweep(model, clean, corrupted, logit_diff, layers=layers, max_memory_mb=cap, progress=False))
+    _, capped_head_s, capped_head_mb = measure(
+        lambda: head_sweep(model, clean, corrupted, logit_diff, layers=layers, max_memory_mb=cap, progress=False))
+    print(f"\nours with max_memory_mb={cap:g}: resid_pre sweep {capped_resid_s:.1f} s, {capped_resid_mb:.0f} MB; "
+          f"head sweep {capped_head_s:.1f} s, {capped_head_mb:.0f} MB")
+
     blocks, block_seconds, block_mb = measure(lambda: block_sweep(model, clean, corrupted, logit_diff, **kwargs))
     estimate, attr_seconds, attr_mb = measure(lambda: attribution_patch(model, clean, corrupted, logit_diff))
     exact_seconds = block_seconds + rows[1][2]
-    print(f"\nexact block sweep (resid_pre, attn_out, mlp_out) {block_seconds:.1f} s, {block_mb:.0f} MB")
+    print(f"exact block sweep (resid_pre, attn_out, mlp_out) {block_seconds:.1f} s, {block_mb:.0f} MB")
     print(f"attribution patching, all four sites: {attr_seconds:.2f} s, {attr_mb:.0f} MB; "
           f"{exact_seconds / attr_seconds:.0f}x faster than the exact block + head sweeps ({exact_seconds:.1f} s)")
     print("Pearson correlation of attribution with exact patching (effect = metric - corrupted baseline):")

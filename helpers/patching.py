@@ -3,16 +3,22 @@
 Activation patching runs the *corrupted* prompt with one activation replaced by its value on the
 *clean* prompt and records a metric of the logits. TransformerLens's ``transformer_lens.patching``
 does one full forward pass per patched index. The sweeps here return the same numbers (tested to
-1e-4) with far less work:
+1e-4) and skip the work a patch cannot affect:
 
 * many patched variants run as rows of one batch, each row with its own patch;
-* a patch at layer L cannot change layers below L, so each variant starts from the corrupted
-  run's cached residual stream at layer L instead of from the tokens. Variants are ordered by
-  layer and the batch grows as it climbs: block L runs only the variants patched at or below L.
+* layers: a patch at layer L cannot change layers below L, so each variant starts from the
+  corrupted run's cached residual stream at layer L. Variants are sorted by layer and the batch
+  grows as it climbs: block L runs only the variants patched at or below L;
+* positions (causal models): a patch at position p cannot change positions before p, so those
+  rows start at position p, attending to the corrupted run's cached keys and values for earlier
+  positions; and positions before the first token where clean and corrupted differ hold the same
+  activations in both runs, so patching them changes nothing;
+* logits: only the positions the metric reads are unembedded (found by its gradient, checked by
+  poisoning the others; positions it does not read are NaN, so a mistake cannot pass silently);
 * a memory cap (``max_memory_mb``) or an explicit ``batch_size`` splits the variants into chunks.
 
-If a model's blocks cannot be replayed one by one (checked once per call against its own forward
-pass), the sweep falls back to batched full forward passes, which is slower but still exact.
+Each shortcut is checked once per call against the model's own forward pass on the corrupted
+prompt; one that does not reproduce it is not used (the slowest fallback is batched full passes).
 
 :func:`attribution_patch` is the first-order estimate of the same sweeps:
 ``(clean_act - corrupted_act) . d metric / d act`` on the corrupted run, from one forward and one
@@ -24,7 +30,6 @@ logits ``[B, pos, vocab]`` exactly as in TransformerLens.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -379,7 +384,8 @@ def run_patches(model, clean, corrupted, metric: Metric, patches: Sequence[Patch
                 corrupted, names_filter=[f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)])
         finally:
             replayer.release()
-        baseline = _metric_value(metric, corrupted_logits).detach().float().cpu()
+        corrupted_value = _metric_value(metric, corrupted_logits)
+        baseline = corrupted_value.detach().float().cpu()
         available = _replay_mode(replayer, corrupted_cache, corrupted_logits, causal)
     ranks = {"full": 0, "layer": 1, "suffix": 2}
     if mode is not None and ranks[mode] > ranks[available]:
@@ -389,8 +395,7 @@ def run_patches(model, clean, corrupted, metric: Metric, patches: Sequence[Patch
     # Causality: a patch at position p changes no position before p, so it cannot move a metric
     # that reads only earlier logits. Positions before the first token where clean and corrupted
     # differ hold equal activations in both runs, so patches there change nothing at all.
-    read = _positions_read(metric, corrupted_logits, _metric_value(metric, corrupted_logits)) if causal \
-        else list(range(n_pos))
+    read = _positions_read(metric, corrupted_logits, corrupted_value) if causal else list(range(n_pos))
     first_diff = _first_difference(clean, corrupted) if causal else 0
     values = torch.full((len(patches),), float("nan"))
     groups: dict[int, list[int]] = {}
