@@ -169,17 +169,16 @@ def model_composition_scores(model, early: int = 0, late: int = 1, kind: str = "
     return composition_scores(**head_matrices(model), early=early, late=late, kind=kind)
 
 
-def random_composition_baseline(shape: dict[str, tuple[int, ...]], generator: torch.Generator,
-                                samples: int = 200, kind: str = "K") -> torch.Tensor:
-    """[samples] composition scores of Gaussian matrices with the shapes of one head's W_Q, W_K, W_V, W_O."""
-    d_model, d_head = shape["W_Q"]
+def random_composition_baseline(d_model: int, d_head: int, generator: torch.Generator, samples: int = 200,
+                                kind: str = "K") -> torch.Tensor:
+    """[samples] composition scores of Gaussian W_Q, W_K, W_V, W_O with one head's shapes: the score of unrelated heads."""
+    if kind not in ("Q", "K", "V"):
+        raise MicroscopeError(f"unknown composition kind {kind!r}; use 'Q', 'K' or 'V'")
 
     def draw(*shape: int) -> torch.Tensor:
         return torch.randn(samples, *shape, generator=generator)
 
-    weights = {"W_Q": draw(d_model, d_head), "W_K": draw(d_model, d_head), "W_V": draw(d_model, d_head),
-               "W_O": draw(d_head, d_model)}
-    ov = weights["W_V"] @ weights["W_O"]
-    qk = weights["W_Q"] @ weights["W_K"].transpose(-1, -2)
+    W_Q, W_K, W_V, W_O = draw(d_model, d_head), draw(d_model, d_head), draw(d_model, d_head), draw(d_head, d_model)
+    ov, qk = W_V @ W_O, W_Q @ W_K.transpose(-1, -2)
     late = {"K": qk.transpose(-1, -2), "Q": qk, "V": draw(d_model, d_head) @ draw(d_head, d_model)}[kind]
     return composition_score(ov, late)

@@ -153,8 +153,10 @@ def test_head_matrices_expand_grouped_key_value_heads(smollm2):
 
 
 def test_random_baseline_is_small_and_tight():
-    base = ind.random_composition_baseline({"W_Q": (64, 32)}, torch.Generator().manual_seed(0))
+    base = ind.random_composition_baseline(64, 32, torch.Generator().manual_seed(0))
     assert base.shape == (200,) and 0.1 < base.mean() < 0.25 and base.std() < 0.02
+    with pytest.raises(MicroscopeError, match="kind"):
+        ind.random_composition_baseline(8, 2, torch.Generator(), kind="O")
 
 
 # --- the shipped models ---------------------------------------------------------------------
@@ -183,7 +185,7 @@ def test_shipped_induction_model_has_the_circuit(induction_model):
     assert m["induction"] > 0.6, "a layer-1 induction head"
     assert m["second_loss"] < 1.0, "in-context copying works"
     assert m["k_argmax"] == m["pair"], "K-composition is largest between the previous-token and induction heads"
-    baseline = ind.random_composition_baseline({"W_Q": (64, 32)}, torch.Generator().manual_seed(0))
+    baseline = ind.random_composition_baseline(64, 32, torch.Generator().manual_seed(0))
     assert m["k_max"] > baseline.mean() + 5 * baseline.std()
     assert m["second_rise"] > 1.0 and m["first_change"] < 0.15, "ablation breaks copying, not first-copy loss"
 

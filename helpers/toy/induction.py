@@ -10,6 +10,8 @@ needs two layers for it (lesson 02 shows why).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from helpers.attention import induction_score, previous_token_score
@@ -49,7 +51,7 @@ def native_patterns(model, tokens: torch.Tensor) -> tuple[torch.Tensor, list[tor
     return logits, patterns
 
 
-def metrics_for(model, make: callable) -> dict:
+def metrics_for(model, make: Callable[[torch.Generator, int], RepeatExamples]) -> dict:
     """Losses on both copies and the best previous-token (layer 0) and induction (last layer) head scores."""
     # A fixed held-out batch: the log is comparable from step to step and the training stream is untouched.
     examples = make(torch.Generator().manual_seed(EVAL_SEED), EVAL_SIZE)
