@@ -20,7 +20,13 @@ from helpers.errors import MicroscopeError, ShapeError
 from helpers.models import load
 from helpers.toy import TOY_MODELS, fixed_offset, induction, load_toy
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """These tests only read models; training (the retrain check) switches gradients back on itself."""
+    with torch.no_grad():
+        yield
 
 
 @pytest.fixture(scope="module")

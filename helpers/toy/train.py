@@ -43,21 +43,22 @@ def train(name: str, steps: int | None = None, out: Path | None = None, log_ever
     generator = torch.Generator().manual_seed(settings["seed"])
     log: list[dict] = []
     started = time.perf_counter()
-    bar = tqdm(range(settings["steps"]), desc=f"training {name}")
-    for step in bar:
-        tokens, targets = task.make_batch(generator, settings["batch_size"])
-        logits = model(tokens)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if step % log_every == 0 or step == settings["steps"] - 1:
-            entry = {"step": step, "loss": round(loss.item(), 5)}
-            if hasattr(task, "log_metrics"):
-                entry.update(task.log_metrics(model, generator))
-            log.append(entry)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+    with torch.enable_grad():  # callers (notebooks, tests) may have switched gradients off
+        bar = tqdm(range(settings["steps"]), desc=f"training {name}")
+        for step in bar:
+            tokens, targets = task.make_batch(generator, settings["batch_size"])
+            logits = model(tokens)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            if step % log_every == 0 or step == settings["steps"] - 1:
+                entry = {"step": step, "loss": round(loss.item(), 5)}
+                if hasattr(task, "log_metrics"):
+                    entry.update(task.log_metrics(model, generator))
+                log.append(entry)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     out = out or spec.weights
     save_toy(model, task.CONFIG, out, {"train": settings, "log": log,
