@@ -1,10 +1,12 @@
 """Tokenisation with checks: prompts that fit the model, answers that are one token, real hook names.
 
-About the first token: TransformerLens prepends the tokenizer's BOS token to every prompt by default
-(``prepend_bos=True``). SmolLM2's tokenizer names ``<|im_start|>`` (id 1) as its BOS, so the first
-position of every prompt here is ``<|im_start|>``, the token that opens a chat turn. Lesson 00 measures
-what that choice does; lessons keep it on, because attention heads need a first position to "rest" on
-and every later position then has a fixed index (position 0 is never a word of the prompt).
+About the first token: TransformerLens prepends the tokenizer's BOS token to every prompt
+(``prepend_bos=True``). The SmolLM2 GGUF declares the chat opener ``<|im_start|>`` (id 1) as BOS, but
+plain text in pretraining followed the document separator ``<|endoftext|>`` (id 0), and lesson 00
+measures that ``<|im_start|>`` makes plain prose much less predictable. So `helpers.models.load`
+declares ``<|endoftext|>`` as BOS: position 0 of every prompt is ``<|endoftext|>``, attention heads
+have a meaningless first position to "rest" on, and the prompt's words sit at positions 1, 2, ...
+Chat-formatted prompts (``tokenizer.apply_chat_template``) still open each turn with ``<|im_start|>``.
 """
 from __future__ import annotations
 
