@@ -59,8 +59,8 @@ def _readout(model, cache, vectors: torch.Tensor, directions: torch.Tensor, pos:
     if norm:
         scale = _cached(cache, "ln_final.hook_scale")[:, pos]  # [batch, 1], from the real run
         vectors = vectors / scale
-        weight = _optional_param(model.ln_final, "weight")
-        if weight is not None:
+        weight = getattr(model.ln_final, "weight", None)  # absent when folded into W_U
+        if isinstance(weight, torch.Tensor):
             vectors = vectors * weight
     return (vectors * directions).sum(-1)
 
@@ -155,6 +155,15 @@ def all_heads(model) -> list[Head]:
     return [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
 
 
+def _reference_means(model, tokens: torch.Tensor, reference_tokens: torch.Tensor | None) -> dict[int, torch.Tensor]:
+    """Per-position head means over reference_tokens (default: tokens), which must be as long as tokens."""
+    reference = tokens if reference_tokens is None else reference_tokens
+    if reference.shape[1] != tokens.shape[1]:
+        raise ShapeError(f"Per-position means need reference prompts as long as the prompts: "
+                         f"{reference.shape[1]} vs {tokens.shape[1]} tokens.")
+    return head_means(model, reference, per_position=True)
+
+
 def run_with_only_heads(model, tokens: torch.Tensor, keep: Iterable[Head],
                         reference_tokens: torch.Tensor | None = None,
                         means: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
@@ -167,11 +176,7 @@ def run_with_only_heads(model, tokens: torch.Tensor, keep: Iterable[Head],
     keep = set(_validate_heads(model, keep))
     ablate = [h for h in all_heads(model) if h not in keep]
     if means is None:
-        reference = tokens if reference_tokens is None else reference_tokens
-        if reference.shape[1] != tokens.shape[1]:
-            raise ShapeError(f"Per-position means need reference prompts as long as the prompts: "
-                             f"{reference.shape[1]} vs {tokens.shape[1]} tokens.")
-        means = head_means(model, reference, per_position=True) if ablate else {}
+        means = _reference_means(model, tokens, reference_tokens) if ablate else {}
     elif any(means[layer].shape[1] not in (1, tokens.shape[1]) for layer, _ in ablate if layer in means):
         raise ShapeError(f"The means cover a different number of positions than the prompts ({tokens.shape[1]}).")
     missing = sorted({layer for layer, _ in ablate} - set(means))
@@ -193,8 +198,9 @@ def circuit_check(model, tokens: torch.Tensor, keep: Sequence[Head], metric: Cal
     """
     with torch.no_grad():
         full = _scalar(metric, model(tokens))
-    circuit = _scalar(metric, run_with_only_heads(model, tokens, keep, reference_tokens))
-    none = _scalar(metric, run_with_only_heads(model, tokens, [], reference_tokens))
+    means = _reference_means(model, tokens, reference_tokens)
+    circuit = _scalar(metric, run_with_only_heads(model, tokens, keep, means=means))
+    none = _scalar(metric, run_with_only_heads(model, tokens, [], means=means))
     gap = full - none
     if abs(gap) < 1e-6:
         raise AttributionError(f"Ablating every head leaves the metric unchanged ({full:.4g}); the heads do not "
