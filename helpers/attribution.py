@@ -59,8 +59,8 @@ def _readout(model, cache, vectors: torch.Tensor, directions: torch.Tensor, pos:
     if norm:
         scale = _cached(cache, "ln_final.hook_scale")[:, pos]  # [batch, 1], from the real run
         vectors = vectors / scale
-        weight = _optional_param(model.ln_final, "weight")
-        if weight is not None:
+        weight = getattr(model.ln_final, "weight", None)  # absent when folded into W_U
+        if isinstance(weight, torch.Tensor):
             vectors = vectors * weight
     return (vectors * directions).sum(-1)
 
@@ -80,6 +80,17 @@ def head_dla(model, cache, io_ids: torch.Tensor, s_ids: torch.Tensor, pos: int =
     with torch.no_grad():
         values = _readout(model, cache, head_outputs(model, cache, pos), answer_directions(model, io_ids, s_ids), pos)
     return values if per_prompt else values.mean(-1)
+
+
+def head_token_attribution(model, cache, token_ids: torch.Tensor, pos: int = -1) -> torch.Tensor:
+    """Each head's direct contribution to the logit of token_ids[b] (one token per prompt): [n_layers, n_heads], batch mean.
+
+    head_dla(io, s) == head_token_attribution(io) - head_token_attribution(s): this splits a head's
+    logit-difference share into "pushes IO up" and "pushes S down".
+    """
+    token_ids = torch.as_tensor(token_ids).flatten()
+    with torch.no_grad():
+        return _readout(model, cache, head_outputs(model, cache, pos), model.W_U[:, token_ids].T, pos).mean(-1)
 
 
 def component_dla(model, cache, io_ids: torch.Tensor, s_ids: torch.Tensor,
@@ -144,23 +155,36 @@ def all_heads(model) -> list[Head]:
     return [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
 
 
-def run_with_only_heads(model, tokens: torch.Tensor, keep: Iterable[Head],
-                        reference_tokens: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits [batch, pos, vocab] with every head NOT in `keep` mean-ablated (MLPs and embeddings untouched).
-
-    Each ablated head's output is replaced by its mean over reference_tokens (default: `tokens`),
-    taken separately at each position, so the rest of the model still sees a typical value there.
-    """
-    keep = set(_validate_heads(model, keep))
-    ablate = [h for h in all_heads(model) if h not in keep]
+def _reference_means(model, tokens: torch.Tensor, reference_tokens: torch.Tensor | None) -> dict[int, torch.Tensor]:
+    """Per-position head means over reference_tokens (default: tokens), which must be as long as tokens."""
     reference = tokens if reference_tokens is None else reference_tokens
     if reference.shape[1] != tokens.shape[1]:
         raise ShapeError(f"Per-position means need reference prompts as long as the prompts: "
                          f"{reference.shape[1]} vs {tokens.shape[1]} tokens.")
+    return head_means(model, reference, per_position=True)
+
+
+def run_with_only_heads(model, tokens: torch.Tensor, keep: Iterable[Head],
+                        reference_tokens: torch.Tensor | None = None,
+                        means: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Logits [batch, pos, vocab] with every head NOT in `keep` mean-ablated (MLPs and embeddings untouched).
+
+    Each ablated head's output is replaced by its mean over reference_tokens (default: `tokens`),
+    taken separately at each position, so the rest of the model still sees a typical value there.
+    Pass `means` (from helpers.ablation.head_means) to reuse them across calls.
+    """
+    keep = set(_validate_heads(model, keep))
+    ablate = [h for h in all_heads(model) if h not in keep]
+    if means is None:
+        means = _reference_means(model, tokens, reference_tokens) if ablate else {}
+    elif any(means[layer].shape[1] not in (1, tokens.shape[1]) for layer, _ in ablate if layer in means):
+        raise ShapeError(f"The means cover a different number of positions than the prompts ({tokens.shape[1]}).")
+    missing = sorted({layer for layer, _ in ablate} - set(means))
+    if missing:
+        raise AttributionError(f"`means` has no entry for layers {missing}; compute them with head_means(model, tokens).")
     with torch.no_grad():
         if not ablate:
             return model(tokens)
-        means = head_means(model, reference, per_position=True)
         return model.run_with_hooks(tokens, fwd_hooks=head_ablation_hooks(model, ablate, means))
 
 
@@ -174,8 +198,9 @@ def circuit_check(model, tokens: torch.Tensor, keep: Sequence[Head], metric: Cal
     """
     with torch.no_grad():
         full = _scalar(metric, model(tokens))
-    circuit = _scalar(metric, run_with_only_heads(model, tokens, keep, reference_tokens))
-    none = _scalar(metric, run_with_only_heads(model, tokens, [], reference_tokens))
+    means = _reference_means(model, tokens, reference_tokens)
+    circuit = _scalar(metric, run_with_only_heads(model, tokens, keep, means=means))
+    none = _scalar(metric, run_with_only_heads(model, tokens, [], means=means))
     gap = full - none
     if abs(gap) < 1e-6:
         raise AttributionError(f"Ablating every head leaves the metric unchanged ({full:.4g}); the heads do not "

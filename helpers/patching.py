@@ -363,6 +363,9 @@ def run_patches(model, clean, corrupted, metric: Metric, patches: Sequence[Patch
     fastest one that reproduces the model's own forward pass on the corrupted prompt.
     """
     clean, corrupted = _check_tokens(model, clean, corrupted)
+    ranks = {"full": 0, "layer": 1, "suffix": 2}
+    if mode is not None and mode not in ranks:
+        raise PatchingError(f"Unknown mode {mode!r}; use one of {', '.join(map(repr, ranks))}, or None.")
     if batch_size is not None and int(batch_size) < 1:
         raise PatchingError(f"batch_size must be a positive number of variants, got {batch_size}.")
     if max_memory_mb is not None and max_memory_mb <= 0:
@@ -387,7 +390,6 @@ def run_patches(model, clean, corrupted, metric: Metric, patches: Sequence[Patch
         corrupted_value = _metric_value(metric, corrupted_logits)
         baseline = corrupted_value.detach().float().cpu()
         available = _replay_mode(replayer, corrupted_cache, corrupted_logits, causal)
-    ranks = {"full": 0, "layer": 1, "suffix": 2}
     if mode is not None and ranks[mode] > ranks[available]:
         raise PatchingError(f"mode {mode!r} does not reproduce {model.cfg.model_name}'s forward pass here.")
     mode = mode or available

@@ -116,3 +116,21 @@ def test_head_means_shapes(smollm2, pairs):
     assert means[5].shape == (1, pairs.clean_tokens.shape[1], smollm2.cfg.n_heads, smollm2.cfg.d_head)
     pooled = head_means(smollm2, pairs.clean_tokens, layers=[5], per_position=False)
     assert pooled[5].shape == (1, 1, smollm2.cfg.n_heads, smollm2.cfg.d_head)
+
+
+def test_precomputed_means_give_the_same_logits(smollm2, pairs):
+    reference = ioi.abc_tokens(smollm2, pairs)
+    means = head_means(smollm2, reference)
+    keep = [(23, 3), (20, 0)]
+    direct = attribution.run_with_only_heads(smollm2, pairs.clean_tokens, keep, reference)
+    reused = attribution.run_with_only_heads(smollm2, pairs.clean_tokens, keep, means=means)
+    assert torch.allclose(direct, reused, atol=1e-5)
+    with pytest.raises(attribution.AttributionError, match="no entry for layers"):
+        attribution.run_with_only_heads(smollm2, pairs.clean_tokens, keep, means={0: means[0]})
+
+
+def test_token_attribution_splits_the_difference(smollm2, pairs, clean_run):
+    _, cache = clean_run
+    to_io = attribution.head_token_attribution(smollm2, cache, pairs.io_ids)
+    to_s = attribution.head_token_attribution(smollm2, cache, pairs.s_ids)
+    assert torch.allclose(to_io - to_s, attribution.head_dla(smollm2, cache, pairs.io_ids, pairs.s_ids), atol=1e-5)

@@ -207,6 +207,16 @@ def test_bad_layers_and_sizes_are_refused(prev_token_model, toy_pair):
     assert issubclass(PatchingError, MicroscopeError)
 
 
+def test_engine_that_cannot_reproduce_the_model_is_refused(prev_token_model, toy_pair):
+    clean, corrupted, metric = toy_pair
+    patches = [Patch(0, "resid_pre", 5)]
+    with pytest.raises(PatchingError, match="Unknown mode 'fast'"):
+        run_patches(prev_token_model, clean, corrupted, metric, patches, mode="fast")
+    # The toy's attention reads no key/value cache, so starting mid-prompt cannot be replayed.
+    with pytest.raises(PatchingError, match="does not reproduce prev-token"):
+        run_patches(prev_token_model, clean, corrupted, metric, patches, mode="suffix")
+
+
 # ---------------------------------------------------------------------------------------------
 # SmolLM2 on the IOI pair (TransformerLens's reference restricted to a few layers: it is slow)
 
@@ -266,7 +276,7 @@ def test_block_sweep_stacks_the_three_residual_sweeps(ioi):
 
 
 @pytest.mark.slow
-def test_smollm2_uses_the_fastest_engine_and_all_engines_agree(ioi):
+def test_smollm2_replays_from_mid_prompt_and_agrees_with_full_passes(ioi):
     model, clean, corrupted, metric = ioi
     patches = [Patch(layer, "resid_pre", pos) for layer in (3, 27) for pos in range(clean.shape[1])]
     suffix = run_patches(model, clean, corrupted, metric, patches, mode="suffix", progress=False)
