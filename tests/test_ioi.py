@@ -41,8 +41,8 @@ def test_orders_put_the_indirect_object_first_or_second():
 def test_the_model_prefers_the_indirect_object(smollm2):
     pair = ioi.build_dataset(smollm2, [ioi.make_prompt(ioi.TEMPLATES[0], "Mary", "John")])
     result = ioi.evaluate(smollm2, pair)
-    assert result["clean_ld"].item() == pytest.approx(5.29, abs=0.05)
-    assert result["corrupted_ld"].item() == pytest.approx(-5.05, abs=0.05)
+    assert result["clean_ld"].item() == pytest.approx(3.72, abs=0.05)
+    assert result["corrupted_ld"].item() == pytest.approx(-7.83, abs=0.05)
     assert result["io_top1"].item()
 
 
