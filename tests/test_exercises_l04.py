@@ -117,21 +117,9 @@ def flipped_sign(model, clean, corrupted, metric):
 
 
 def gradient_on_clean(model, clean, corrupted, metric):
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
-    with torch.no_grad():
-        _, corrupted_cache = model.run_with_cache(corrupted, names_filter=names)
-    saved = {}
-
-    def keeper(name):
-        def keep(resid, hook):
-            saved[name] = resid  # kept attached to the graph, so autograd can reach it
-            return resid
-        return keep
-
-    with torch.enable_grad():
-        logits = model.run_with_hooks(clean, fwd_hooks=[(name, keeper(name)) for name in names])
-        grads = torch.autograd.grad(metric(logits), [saved[name] for name in names])
-    return torch.stack([((saved[n].detach() - corrupted_cache[n]) * g).sum((0, 2)) for n, g in zip(names, grads)])
+    # (clean - corrupted) * gradient, but the gradient taken on the CLEAN run: the reference with the
+    # two runs swapped computes (corrupted - clean) * grad_clean, so negate it.
+    return -l04.reference_attribution_patch_resid(model, corrupted, clean, metric)
 
 
 def test_attribution_reference_passes(smollm2):
