@@ -24,7 +24,8 @@ def masked_score(pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mass = (pattern * mask[:, None].to(pattern.dtype)).sum(-1)  # [batch, head, q]
     eligible = mask.any(-1)  # [batch, q]
     if not eligible.any():
-        raise ValueError("no query position is eligible for this score (e.g. no repeated tokens)")
+        raise MicroscopeError("no query position is eligible for this score: the prompt has no repeated "
+                              "tokens (duplicate/induction scores need some) or is too short")
     return (mass * eligible[:, None]).sum((0, 2)) / eligible.sum()
 
 
