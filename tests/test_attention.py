@@ -165,10 +165,7 @@ def test_explorer_rejects_an_empty_prompt(smollm2):
 
 
 def test_score_without_eligible_queries_names_the_problem():
-    from helpers.attention import induction_score
-    from helpers.errors import MicroscopeError
-
     tokens = torch.arange(6)[None]  # no token repeats, so no query can show induction
     pattern = torch.full((1, 2, 6, 6), 1 / 6)
     with pytest.raises(MicroscopeError, match="no repeated tokens"):
-        induction_score(pattern, tokens)
+        A.induction_score(pattern, tokens)
