@@ -63,17 +63,17 @@ def run_with_heads_ablated(model, tokens: torch.Tensor, heads: Iterable[Head], m
         source = tokens if reference_tokens is None else reference_tokens
         if mode == "resample" and source.shape != tokens.shape:
             raise MicroscopeError(f"resample ablation needs reference tokens of shape {tuple(tokens.shape)}, got {tuple(source.shape)}")
-        names = sorted({f"blocks.{layer}.attn.hook_z" for layer, _ in heads})
-        with torch.no_grad():
-            _, cache = model.run_with_cache(source, names_filter=names)
-        replacement = {}
-        for layer, _ in heads:
-            z = cache[f"blocks.{layer}.attn.hook_z"]
-            if mode == "mean" and per_position and z.shape[1] != tokens.shape[1]:
+        layers = sorted({layer for layer, _ in heads})
+        if mode == "mean":
+            if per_position and source.shape[1] != tokens.shape[1]:
                 raise MicroscopeError(f"per-position mean ablation needs reference tokens with {tokens.shape[1]} "
-                                      f"positions, got {z.shape[1]}")
-            mean_dims = (0,) if per_position else (0, 1)
-            replacement[layer] = z.mean(mean_dims, keepdim=True) if mode == "mean" else z
+                                      f"positions, got {source.shape[1]}")
+            replacement = head_means(model, source, layers, per_position=per_position)
+        else:
+            names = [f"blocks.{layer}.attn.hook_z" for layer in layers]
+            with torch.no_grad():
+                _, cache = model.run_with_cache(source, names_filter=names)
+            replacement = {layer: cache[name] for layer, name in zip(layers, names)}
     with torch.no_grad():
         return model.run_with_hooks(tokens, fwd_hooks=head_ablation_hooks(model, heads, replacement))
 

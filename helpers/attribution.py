@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from helpers.ablation import Head, _validate_heads, head_ablation_hooks, head_means
-from helpers.errors import MicroscopeError, ShapeError
+from helpers.errors import MicroscopeError, ShapeError, scalar_metric
 
 
 class AttributionError(MicroscopeError):
@@ -140,14 +140,7 @@ def _final_biases(model, directions: torch.Tensor, io_ids: torch.Tensor, s_ids: 
 
 
 def _scalar(metric: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor) -> float:
-    value = metric(logits)
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dim() == 0:
-        return float(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-    raise AttributionError(f"The metric must return one number (a 0-d tensor), got {shape}; "
-                           "reduce it, e.g. with .mean() over the batch.")
+    return float(scalar_metric(metric, logits, AttributionError))
 
 
 def all_heads(model) -> list[Head]:

@@ -36,6 +36,25 @@ class ShapeError(MicroscopeError):
     """A tensor whose shape is not the one the function needs."""
 
 
+def scalar_metric(metric, logits, error: type[MicroscopeError] = MicroscopeError, run: str = "run"):
+    """metric(logits) as a 0-d tensor, or `error` saying what the metric returned instead.
+
+    `run` names what one metric value stands for in the message (e.g. "patched run").
+    """
+    import torch
+
+    value = metric(logits)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value))
+    if not isinstance(value, torch.Tensor):
+        raise error(f"The metric must return a scalar tensor, got {type(value).__name__}.")
+    if value.ndim != 0:
+        raise error(
+            f"The metric must return a scalar (one number per {run}), got a tensor of shape "
+            f"{tuple(value.shape)}. Reduce it, e.g. with .mean() over the batch of prompt pairs.")
+    return value
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """The candidates that look most like `name` (for 'did you mean' messages)."""
     return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)

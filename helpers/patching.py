@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from helpers.errors import MicroscopeError
+from helpers.errors import MicroscopeError, scalar_metric
 from helpers.tokens import check_hook_name
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
@@ -119,20 +119,8 @@ def _check_tokens(model, clean, corrupted) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _metric_value(metric: Metric, logits: torch.Tensor) -> torch.Tensor:
-    """metric(logits) as a 0-d float tensor, or a PatchingError saying what it returned instead."""
-    value = metric(logits)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return torch.tensor(float(value))
-    if not isinstance(value, torch.Tensor):
-        raise PatchingError(
-            f"The metric must return a scalar tensor, got {type(value).__name__}."
-        )
-    if value.ndim != 0:
-        raise PatchingError(
-            f"The metric must return a scalar (one number per patched run), got a tensor of shape "
-            f"{tuple(value.shape)}. Reduce it, e.g. with .mean() over the batch of prompt pairs."
-        )
-    return value
+    """metric(logits) as a 0-d tensor, or a PatchingError saying what it returned instead."""
+    return scalar_metric(metric, logits, PatchingError, run="patched run")
 
 
 def _check_layers(model, layers: Sequence[int] | None) -> list[int]:
