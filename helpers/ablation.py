@@ -9,19 +9,18 @@ from collections.abc import Iterable
 
 import torch
 
+from helpers import validate
 from helpers.errors import MicroscopeError
 
 Head = tuple[int, int]
 
 
-def _validate_heads(model, heads: Iterable[Head]) -> list[Head]:
-    heads = [tuple(h) for h in heads]
-    for layer, head in heads:
-        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
-            raise MicroscopeError(
-                f"head ({layer}, {head}) does not exist: {model.cfg.model_name} has layers 0-{model.cfg.n_layers - 1} "
-                f"and heads 0-{model.cfg.n_heads - 1}")
-    return heads
+def _validate_heads(model, heads: Iterable[Head], name: str = "heads") -> list[Head]:
+    return validate.head_list(heads, name, model.cfg.n_layers, model.cfg.n_heads)
+
+
+def _tokens(model, tokens, name: str = "tokens") -> torch.Tensor:
+    return validate.token_ids(tokens, name, model.cfg.d_vocab).to(model.cfg.device)
 
 
 def head_ablation_hooks(model, heads: Iterable[Head], replacement: dict[int, torch.Tensor] | None = None):
@@ -56,11 +55,11 @@ def run_with_heads_ablated(model, tokens: torch.Tensor, heads: Iterable[Head], m
     "resample" (the head's output on reference_tokens, same shape as tokens).
     """
     heads = _validate_heads(model, heads)
+    tokens = _tokens(model, tokens)
+    mode = validate.choice(mode, "mode", ("zero", "mean", "resample"))
     replacement = None
     if mode != "zero":
-        if mode not in ("mean", "resample"):
-            raise MicroscopeError(f"unknown ablation mode {mode!r}; use 'zero', 'mean' or 'resample'")
-        source = tokens if reference_tokens is None else reference_tokens
+        source = tokens if reference_tokens is None else _tokens(model, reference_tokens, "reference_tokens")
         if mode == "resample" and source.shape != tokens.shape:
             raise MicroscopeError(f"resample ablation needs reference tokens of shape {tuple(tokens.shape)}, got {tuple(source.shape)}")
         layers = sorted({layer for layer, _ in heads})
@@ -85,8 +84,9 @@ def head_means(model, reference_tokens: torch.Tensor, layers: Iterable[int] | No
     Per-position means keep what a head typically writes at each position of a fixed template (e.g.
     its output at the BOS token), so mean ablation removes the prompt-specific part only.
     """
-    layers = range(model.cfg.n_layers) if layers is None else list(layers)
-    _validate_heads(model, [(layer, 0) for layer in layers])
+    layers = range(model.cfg.n_layers) if layers is None else [
+        validate.index(layer, "layers", model.cfg.n_layers, "layers", allow_negative=False) for layer in layers]
+    reference_tokens = _tokens(model, reference_tokens, "reference_tokens")
     names = [f"blocks.{layer}.attn.hook_z" for layer in layers]
     with torch.no_grad():
         _, cache = model.run_with_cache(reference_tokens, names_filter=names)

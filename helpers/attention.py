@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import torch
 
+from helpers import validate
 from helpers.errors import MicroscopeError, ShapeError
 
 
-def _check_pattern(pattern: torch.Tensor) -> None:
-    if pattern.dim() != 4 or pattern.shape[-1] != pattern.shape[-2]:
+def _check_pattern(pattern: torch.Tensor) -> torch.Tensor:
+    pattern = validate.tensor(pattern, "pattern", ndim=4, shape_doc="a pattern [batch, head, query_pos, key_pos]")
+    if pattern.shape[-1] != pattern.shape[-2]:
         raise ShapeError(f"expected a pattern [batch, head, query_pos, key_pos], got shape {tuple(pattern.shape)}")
+    return pattern
+
+
+def _check_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    return validate.tensor(tokens, "tokens", ndim=2, shape_doc="token ids [batch, pos]", floating=False)
 
 
 def masked_score(pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over eligible queries of the attention on keys where mask is True. [batch, head, q, k], [batch, q, k] -> [head]."""
-    _check_pattern(pattern)
+    pattern = _check_pattern(pattern)
     if mask.shape != (pattern.shape[0], *pattern.shape[2:]):
         raise ShapeError(f"mask shape {tuple(mask.shape)} does not match pattern {tuple(pattern.shape)} (need [batch, q, k])")
     mass = (pattern * mask[:, None].to(pattern.dtype)).sum(-1)  # [batch, head, q]
@@ -39,11 +46,13 @@ def offset_mask(batch: int, n_pos: int, offset: int, first_query: int = 1) -> to
 
 def previous_token_score(pattern: torch.Tensor) -> torch.Tensor:
     """Attention from each position to the one before it (queries 2.. so position 0 is not counted twice). -> [head]"""
+    pattern = _check_pattern(pattern)
     return masked_score(pattern, offset_mask(pattern.shape[0], pattern.shape[-1], 1, first_query=2))
 
 
 def first_token_score(pattern: torch.Tensor) -> torch.Tensor:
     """Attention to position 0 (BOS: the 'attention sink'), from queries 1.. (query 0 has no choice). -> [head]"""
+    pattern = _check_pattern(pattern)
     batch, _, n_pos, _ = pattern.shape
     mask = torch.zeros(batch, n_pos, n_pos, dtype=torch.bool)
     mask[:, 1:, 0] = True
@@ -52,12 +61,14 @@ def first_token_score(pattern: torch.Tensor) -> torch.Tensor:
 
 def duplicate_token_mask(tokens: torch.Tensor) -> torch.Tensor:
     """[batch, q, k]: key k < q holds the same token as query q."""
+    tokens = _check_tokens(tokens)
     same = tokens[:, :, None] == tokens[:, None, :]
     return same & torch.ones_like(same).tril(-1)
 
 
 def induction_mask(tokens: torch.Tensor) -> torch.Tensor:
     """[batch, q, k]: key k < q is the token right after an earlier occurrence of query q's token."""
+    tokens = _check_tokens(tokens)
     batch, n_pos = tokens.shape
     mask = torch.zeros(batch, n_pos, n_pos, dtype=torch.bool)
     mask[:, :, 1:] = tokens[:, :, None] == tokens[:, None, :-1]  # token at k-1 equals token at q
@@ -110,6 +121,8 @@ def pattern_from_qk(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
     Pass the keys and queries *after* rotary (hook_rot_q, hook_rot_k) for a rotary model.
     """
+    q = validate.tensor(q, "q", ndim=4, shape_doc="queries [batch, pos, head, d_head]")
+    k = validate.tensor(k, "k", ndim=4, shape_doc="keys [batch, pos, kv_head, d_head]")
     if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
         raise ShapeError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must be [batch, pos, heads, d_head] with equal batch, pos and d_head")
     k = repeat_kv(k, q.shape[2])
@@ -160,6 +173,9 @@ def head_scores(model, prompts, kinds=("previous-token", "first-token")) -> dict
     """
     from tqdm.auto import tqdm
 
+    kinds = validate.strings(kinds, "kinds")
+    if isinstance(prompts, str):
+        prompts = [prompts]
     unknown = [kind for kind in kinds if kind not in HEAD_SCORES]
     if unknown or not kinds:
         raise ScoreNameError(f"unknown head score(s) {unknown or list(kinds)}; choose from {list(HEAD_SCORES)}")
@@ -183,8 +199,8 @@ def head_scores(model, prompts, kinds=("previous-token", "first-token")) -> dict
 
 def top_heads(scores: torch.Tensor, k: int = 5) -> list[tuple[int, int, float]]:
     """The k highest-scoring heads of a [layer, head] score grid, as (layer, head, score)."""
-    if scores.dim() != 2:
-        raise ShapeError(f"expected scores [layer, head], got shape {tuple(scores.shape)}")
+    scores = validate.tensor(scores, "scores", ndim=2, shape_doc="scores [layer, head]", finite=False)
+    k = validate.positive_int(k, "k")
     values, flat = scores.flatten().topk(min(k, scores.numel()))
     n_heads = scores.shape[1]
     return [(int(i) // n_heads, int(i) % n_heads, float(v)) for v, i in zip(values, flat)]

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from helpers.ablation import Head, _validate_heads, head_ablation_hooks, head_means
+from helpers import validate
+from helpers.ablation import Head, _tokens, _validate_heads, head_ablation_hooks, head_means
 from helpers.errors import MicroscopeError, ShapeError, scalar_metric
 
 
@@ -43,9 +44,24 @@ def _optional_param(module, name: str) -> torch.Tensor | None:
     return value
 
 
+def _answer_ids(model, ids, name: str) -> torch.Tensor:
+    ids = validate.tensor(ids, name, floating=False).flatten()
+    if (ids < 0).any() or (ids >= model.cfg.d_vocab).any():
+        raise AttributionError(f"`{name}` holds ids outside the vocabulary (0 to {model.cfg.d_vocab - 1}).")
+    return ids
+
+
+def _check_pos(cache, pos: int, batch_ids: torch.Tensor | None = None) -> int:
+    """`pos` checked against the cached prompt length; answer ids checked against its batch."""
+    z = _cached(cache, "blocks.0.attn.hook_z")
+    if batch_ids is not None and batch_ids.numel() != z.shape[0]:
+        raise ShapeError(f"{batch_ids.numel()} answer ids for a cache of {z.shape[0]} prompts: give one id per prompt.")
+    return validate.index(pos, "pos", z.shape[1], "positions in the cached prompts")
+
+
 def answer_directions(model, io_ids: torch.Tensor, s_ids: torch.Tensor) -> torch.Tensor:
     """Unembedding difference directions W_U[:, io] - W_U[:, s]: [batch, d_model]."""
-    io_ids, s_ids = torch.as_tensor(io_ids).flatten(), torch.as_tensor(s_ids).flatten()
+    io_ids, s_ids = _answer_ids(model, io_ids, "io_ids"), _answer_ids(model, s_ids, "s_ids")
     if io_ids.shape != s_ids.shape:
         raise ShapeError(f"io_ids has {io_ids.numel()} entries but s_ids {s_ids.numel()}; need one of each per prompt.")
     return (model.W_U[:, io_ids] - model.W_U[:, s_ids]).T
@@ -77,6 +93,7 @@ def head_outputs(model, cache, pos: int = -1) -> torch.Tensor:
 def head_dla(model, cache, io_ids: torch.Tensor, s_ids: torch.Tensor, pos: int = -1,
              per_prompt: bool = False) -> torch.Tensor:
     """Each head's direct contribution to logit(IO) - logit(S): [n_layers, n_heads] (batch mean), or [..., batch]."""
+    pos = _check_pos(cache, pos, _answer_ids(model, io_ids, "io_ids"))
     with torch.no_grad():
         values = _readout(model, cache, head_outputs(model, cache, pos), answer_directions(model, io_ids, s_ids), pos)
     return values if per_prompt else values.mean(-1)
@@ -88,7 +105,8 @@ def head_token_attribution(model, cache, token_ids: torch.Tensor, pos: int = -1)
     head_dla(io, s) == head_token_attribution(io) - head_token_attribution(s): this splits a head's
     logit-difference share into "pushes IO up" and "pushes S down".
     """
-    token_ids = torch.as_tensor(token_ids).flatten()
+    token_ids = _answer_ids(model, token_ids, "token_ids")
+    pos = _check_pos(cache, pos, token_ids)
     with torch.no_grad():
         return _readout(model, cache, head_outputs(model, cache, pos), model.W_U[:, token_ids].T, pos).mean(-1)
 
@@ -100,7 +118,8 @@ def component_dla(model, cache, io_ids: torch.Tensor, s_ids: torch.Tensor,
     With the final-norm scale frozen at the real run's value, values.sum(0) equals the model's
     logit difference at `pos` for every prompt (up to float rounding).
     """
-    io_ids, s_ids = torch.as_tensor(io_ids).flatten(), torch.as_tensor(s_ids).flatten()
+    io_ids, s_ids = _answer_ids(model, io_ids, "io_ids"), _answer_ids(model, s_ids, "s_ids")
+    pos = _check_pos(cache, pos, io_ids)
     directions = answer_directions(model, io_ids, s_ids)
     labels, vectors = ["embed"], []
     with torch.no_grad():
@@ -166,7 +185,8 @@ def run_with_only_heads(model, tokens: torch.Tensor, keep: Iterable[Head],
     taken separately at each position, so the rest of the model still sees a typical value there.
     Pass `means` (from helpers.ablation.head_means) to reuse them across calls.
     """
-    keep = set(_validate_heads(model, keep))
+    keep = set(_validate_heads(model, keep, "keep"))
+    tokens = _tokens(model, tokens)
     ablate = [h for h in all_heads(model) if h not in keep]
     if means is None:
         means = _reference_means(model, tokens, reference_tokens) if ablate else {}
@@ -189,6 +209,7 @@ def circuit_check(model, tokens: torch.Tensor, keep: Sequence[Head], metric: Cal
     recovered = (circuit - no_heads) / (full - no_heads): 1 means the kept heads suffice, 0 means
     they do no better than ablating everything.
     """
+    tokens = _tokens(model, tokens)
     with torch.no_grad():
         full = _scalar(metric, model(tokens))
     means = _reference_means(model, tokens, reference_tokens)

@@ -52,6 +52,10 @@ def scalar_metric(metric, logits, error: type[MicroscopeError] = MicroscopeError
         raise error(
             f"The metric must return a scalar (one number per {run}), got a tensor of shape "
             f"{tuple(value.shape)}. Reduce it, e.g. with .mean() over the batch of prompt pairs.")
+    if value.is_floating_point() and not torch.isfinite(value.detach()):
+        raise error(f"The metric returned {value.item()} on the {run}: a NaN or infinite metric makes every result "
+                    "meaningless. Check for a division by zero (e.g. a normalised metric whose clean and corrupted "
+                    "values are equal) or a log of zero.")
     return value
 
 

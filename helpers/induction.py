@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from helpers import validate
 from helpers.errors import MicroscopeError, ShapeError
 
 BOS = 0  # the toy models' first token (a fixed "start" position, like the BOS of a real LLM)
@@ -154,6 +155,9 @@ def composition_scores(W_Q: torch.Tensor, W_K: torch.Tensor, W_V: torch.Tensor, 
     An early head writes x W_OV; a late head's attention score is x_q W_QK x_k^T. K-composition (the
     early head feeds keys) is W_OV W_QK^T; Q-composition is W_OV W_QK; V-composition is W_OV W_OV(late).
     """
+    n_layers = W_Q.shape[0]
+    early = validate.index(early, "early", n_layers, "layers", allow_negative=False)
+    late = validate.index(late, "late", n_layers, "layers", allow_negative=False)
     if not early < late:
         raise MicroscopeError(f"composition needs an earlier and a later layer, got {early} and {late}")
     ov = W_V[early] @ W_O[early]  # [head, d_model, d_model]

@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from helpers.errors import MicroscopeError, ShapeError
+from helpers import validate
+from helpers.errors import MicroscopeError
 from helpers.tokens import run_with_cache, single_token_id
 
 
@@ -23,18 +24,25 @@ def top_k_next_tokens(logits: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, t
 
     logits [batch, pos, d_vocab] -> (probs [batch, k], ids [batch, k]).
     """
-    if logits.dim() != 3:
-        raise ShapeError(f"expected logits [batch, pos, d_vocab], got shape {tuple(logits.shape)}")
+    logits = validate.tensor(logits, "logits", ndim=3, shape_doc="[batch, pos, d_vocab]", finite=False)
+    k = validate.positive_int(k, "k")
     if not 1 <= k <= logits.shape[-1]:
         raise MicroscopeError(f"k={k} is out of range: the vocabulary has {logits.shape[-1]} tokens.")
     probs = logits[:, -1].float().softmax(dim=-1)
     return probs.topk(k, dim=-1)
 
 
-def _check_layer(model, layer: int) -> None:
+def _check_layer(model, layer: int) -> int:
+    layer = validate.integer(layer, "layer")
     if not -1 <= layer < model.cfg.n_layers:
         raise MicroscopeError(f"layer {layer} does not exist: {model.cfg.model_name} has blocks 0 to "
                               f"{model.cfg.n_layers - 1} (and -1 for the embeddings).")
+    return layer
+
+
+def _check_pos(cache, pos: int) -> int:
+    n_pos = cache["blocks.0.hook_resid_pre"].shape[1]
+    return validate.index(pos, "pos", n_pos, "positions in the cached prompt")
 
 
 def residual_after(cache, layer: int) -> torch.Tensor:
@@ -44,7 +52,7 @@ def residual_after(cache, layer: int) -> torch.Tensor:
 
 def lens_logits(model, cache, layer: int, pos: int = -1) -> torch.Tensor:
     """Logit lens at one layer and position: unembed(ln_final(resid after block `layer`)) -> [batch, d_vocab]."""
-    _check_layer(model, layer)
+    layer, pos = _check_layer(model, layer), _check_pos(cache, pos)
     resid = residual_after(cache, layer)[:, pos]
     with torch.no_grad():
         return model.unembed(model.ln_final(resid))
@@ -52,6 +60,7 @@ def lens_logits(model, cache, layer: int, pos: int = -1) -> torch.Tensor:
 
 def lens_all_layers(model, cache, pos: int = -1) -> torch.Tensor:
     """Logit lens at every layer in one pass: [n_layers + 1, batch, d_vocab] (row 0: embeddings, row L+1: after block L)."""
+    pos = _check_pos(cache, pos)
     resid = torch.stack([residual_after(cache, layer)[:, pos] for layer in range(-1, model.cfg.n_layers)])
     with torch.no_grad():
         return model.unembed(model.ln_final(resid))
@@ -63,6 +72,7 @@ def logit_lens(model, prompt: str, answer: str | None = None, pos: int = -1) -> 
     Columns: layer, top_token, top_prob, and if `answer` (one token) is given answer_prob and
     answer_rank (0 = the lens's top prediction).
     """
+    prompt = validate.text(prompt, "prompt")
     answer_id = single_token_id(model, answer) if answer is not None else None
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
     _, cache, _ = run_with_cache(model, prompt, names=names)
@@ -80,6 +90,7 @@ def logit_lens(model, prompt: str, answer: str | None = None, pos: int = -1) -> 
 
 def answer_ranks(model, prompts: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
     """Rank of each prompt's answer under the logit lens at every layer: [len(prompts), n_layers + 1] (column 0: embeddings)."""
+    prompts, answers = validate.strings(prompts, "prompts"), validate.strings(answers, "answers")
     if len(prompts) != len(answers):
         raise MicroscopeError(f"{len(prompts)} prompts but {len(answers)} answers: give one answer per prompt.")
     return torch.tensor([logit_lens(model, p, a)["answer_rank"].tolist() for p, a in zip(prompts, answers)])

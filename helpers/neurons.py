@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from helpers import validate
 from helpers.errors import MicroscopeError, PromptError, ShapeError
 from helpers.tokens import check_hook_name
 
@@ -126,6 +127,7 @@ def rank_neurons(concept_acts: Sequence[torch.Tensor], control_acts: Sequence[to
     """
     stats = neuron_stats(concept_acts, control_acts, skip_bos)
     scores = stats.effect if standardise else stats.difference
+    k = validate.positive_int(k, "k")
     if not 1 <= k <= scores.numel():
         raise MicroscopeError(f"k={k} is out of range: there are {scores.numel()} neurons to rank.")
     values, ids = scores.topk(k)
@@ -166,6 +168,7 @@ def top_activating_tokens(model, sentences: Sequence[str], hook_name: str, neuro
     if len(acts) != len(sentences):
         raise ShapeError(f"Got activations for {len(acts)} sentences but {len(sentences)} sentences.")
     width = acts[0].shape[-1]
+    neuron = validate.integer(neuron, "neuron")
     if not 0 <= neuron < width:
         raise MicroscopeError(f"Neuron {neuron} does not exist at {hook_name}: it has {width} units (0 to {width - 1}).")
     rows = []

@@ -33,9 +33,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from helpers import validate
 from helpers.errors import MicroscopeError, scalar_metric
 from helpers.tokens import check_hook_name
 
@@ -127,12 +129,13 @@ def _check_layers(model, layers: Sequence[int] | None) -> list[int]:
     n_layers = model.cfg.n_layers
     if layers is None:
         return list(range(n_layers))
-    layers = [int(layer) for layer in layers]
+    if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
+        layers = [layers]
+    with validate.reraise_as(PatchingError):
+        layers = [validate.integer(layer, "layers") for layer in layers]
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        raise PatchingError(
-            f"Layers {bad} do not exist: {model.cfg.model_name} has layers 0 to {n_layers - 1}."
-        )
+        raise PatchingError(f"`layers` {bad} do not exist: {model.cfg.model_name} has layers 0 to {n_layers - 1}.")
     return layers
 
 
@@ -354,8 +357,8 @@ def run_patches(model, clean, corrupted, metric: Metric, patches: Sequence[Patch
     ranks = {"full": 0, "layer": 1, "suffix": 2}
     if mode is not None and mode not in ranks:
         raise PatchingError(f"Unknown mode {mode!r}; use one of {', '.join(map(repr, ranks))}, or None.")
-    if batch_size is not None and int(batch_size) < 1:
-        raise PatchingError(f"batch_size must be a positive number of variants, got {batch_size}.")
+    with validate.reraise_as(PatchingError):
+        batch_size = validate.positive_int(batch_size, "batch_size", allow_none=True)
     if max_memory_mb is not None and max_memory_mb <= 0:
         raise PatchingError(f"max_memory_mb must be positive, got {max_memory_mb}.")
     if getattr(model, "training", False):
@@ -526,6 +529,8 @@ def attribution_patch(model, clean_tokens, corrupted_tokens, metric: Metric,
     """
     if sites is None:
         sites = [site for site in SITES if hook_name(site, 0) in model.hook_dict]
+    with validate.reraise_as(PatchingError):
+        sites = validate.strings(sites, "sites")
     for site in sites:
         _check_site(site, tuple(SITES))
     clean_tokens, corrupted_tokens = _check_tokens(model, clean_tokens, corrupted_tokens)
@@ -547,6 +552,11 @@ def attribution_patch(model, clean_tokens, corrupted_tokens, metric: Metric,
     hooks = [(name, lambda act, hook, name=name: keep(act, hook, name)) for name in sorted(set(names.values()))]
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
         value = _metric_value(metric, model(corrupted_tokens))
+        if not value.requires_grad:
+            raise PatchingError(
+                "Attribution patching needs the gradient of the metric, but the metric's value is not connected to "
+                "the logits (it returned a Python number, or used .item(), float() or .detach()). Return a tensor "
+                "computed from the logits, e.g. (logits[:, -1, a] - logits[:, -1, b]).mean().")
         order = sorted(acts)
         grads = torch.autograd.grad(value, [acts[n] for n in order], allow_unused=True)
     grad_of = {n: (g if g is not None else torch.zeros_like(acts[n])) for n, g in zip(order, grads)}

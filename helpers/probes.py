@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from helpers import validate
 from helpers.errors import MicroscopeError, PromptError
-from helpers.tokens import check_hook_name
+from helpers.tokens import check_hook_name, require_tokenizer
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -146,10 +147,11 @@ def _resolve_positions(position, lengths: list[int]) -> list[int]:
         return [length - 1 for length in lengths]
     if isinstance(position, str):
         raise ProbeDataError(f"position must be 'last', an int or one int per prompt, got {position!r}.")
-    if isinstance(position, int):
+    if isinstance(position, (int, np.integer)) or (isinstance(position, torch.Tensor) and position.numel() == 1):
+        position = validate.integer(position, "position")
         positions = [position if position >= 0 else length + position for length in lengths]
     else:
-        positions = [int(p) for p in position]
+        positions = [validate.integer(p, f"position[{i}]") for i, p in enumerate(position)]
         if len(positions) != n:
             raise ProbeDataError(f"{len(positions)} positions for {n} prompts: give one position per prompt.")
     for i, (pos, length) in enumerate(zip(positions, lengths)):
@@ -168,6 +170,10 @@ def gather_activations(model, prompts: Sequence[str], hook_names: str | Sequence
     """
     from tqdm.auto import tqdm
 
+    require_tokenizer(model)
+    batch_size = validate.positive_int(batch_size, "batch_size")
+    if isinstance(prompts, str):
+        prompts = [prompts]
     single = isinstance(hook_names, str)
     names = [hook_names] if single else list(hook_names)
     if not names:
@@ -204,7 +210,7 @@ def gather_activations(model, prompts: Sequence[str], hook_names: str | Sequence
 # --------------------------------------------------------------------------------------- directions
 
 def _check_acts(acts: torch.Tensor, labels, both_classes: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    acts = torch.as_tensor(acts)
+    acts = validate.tensor(acts, "acts", shape_doc="activations [n_prompts, d]")
     if acts.dim() != 2:
         raise ProbeDataError(f"activations must be [n_prompts, d], got shape {tuple(acts.shape)}.")
     return acts.float(), check_labels(labels, acts.shape[0], both_classes=both_classes)
@@ -214,7 +220,11 @@ def diff_of_means(acts: torch.Tensor, labels) -> torch.Tensor:
     """Unit vector [d] from the mean of class 0 to the mean of class 1. acts [n, d], labels [n]."""
     acts, labels = _check_acts(acts, labels)
     direction = acts[labels == 1].mean(0) - acts[labels == 0].mean(0)
-    return direction / direction.norm()
+    norm = direction.norm()
+    if not norm > 1e-12 * max(1.0, float(acts.abs().max())):
+        raise ProbeDataError("The two classes have identical mean activations, so there is no difference-of-means "
+                             "direction: check the labels (are both classes really different prompts?) and the hook.")
+    return direction / norm
 
 
 def projection_accuracy(acts: torch.Tensor, labels, direction: torch.Tensor, threshold: float) -> float:

@@ -14,17 +14,24 @@ from collections.abc import Sequence
 
 import torch
 
+from helpers import validate
 from helpers.errors import HookNameError, PromptError, TokenError, closest
 
 
 def to_tokens(model, prompt: str | Sequence[str], prepend_bos: bool = True) -> torch.Tensor:
     """Token ids [batch, seq] for a prompt (or list of equal-length prompts), checked for length."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    require_tokenizer(model)
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif isinstance(prompt, (list, tuple)):
+        prompts = list(prompt)
+    else:
+        raise validate.ArgumentError(f"`prompt` must be a string or a list of strings, got {validate.describe(prompt)}.")
     if not prompts:
         raise PromptError("No prompt given: pass a non-empty string or a non-empty list of strings.")
-    for text in prompts:
+    for i, text in enumerate(prompts):
         if not isinstance(text, str):
-            raise PromptError(f"Prompts must be strings, got {type(text).__name__}: {text!r}.")
+            raise PromptError(f"Prompts must be strings, but prompt {i} is {validate.describe(text)}.")
         if not text.strip():
             raise PromptError("The prompt is empty (or only whitespace): there is nothing to run the model on.")
     lengths = [len(model.tokenizer.encode(text, add_special_tokens=False)) + int(prepend_bos) for text in prompts]
@@ -43,10 +50,18 @@ def to_tokens(model, prompt: str | Sequence[str], prepend_bos: bool = True) -> t
     return model.to_tokens(prompts, prepend_bos=prepend_bos)
 
 
+def require_tokenizer(model) -> None:
+    """A PromptError if `model` has no tokenizer (toy models read token ids, not text)."""
+    if getattr(model, "tokenizer", None) is None:
+        raise PromptError(f"{model.cfg.model_name} has no tokenizer, so it cannot read text: give it token ids "
+                          "instead (a LongTensor [batch, pos]), e.g. from its task's make_batch.")
+
+
 def single_token_id(model, answer: str) -> int:
     """The id of `answer` if it is exactly one token; otherwise a TokenError showing how it splits."""
     if not isinstance(answer, str) or answer == "":
         raise TokenError(f"An answer must be a non-empty string, got {answer!r}.")
+    require_tokenizer(model)
     ids = model.tokenizer.encode(answer, add_special_tokens=False)
     if len(ids) != 1:
         pieces = [model.tokenizer.decode([i]) for i in ids]
@@ -68,6 +83,8 @@ def hook_names(model) -> list[str]:
 
 def check_hook_name(model, name: str) -> str:
     """Return `name` if the model has that hook; else a HookNameError suggesting the closest names."""
+    if not isinstance(name, str):
+        raise HookNameError(f"A hook name must be a string such as 'blocks.0.hook_resid_post', got {validate.describe(name)}.")
     names = model.hook_dict
     if name in names:
         return name
@@ -96,7 +113,7 @@ def run_with_cache(model, prompt: str | Sequence[str], names: Sequence[str] | No
     tokens = to_tokens(model, prompt, prepend_bos=prepend_bos)
     kwargs = {}
     if names is not None:
-        kwargs["names_filter"] = [check_hook_name(model, n) for n in names]
+        kwargs["names_filter"] = [check_hook_name(model, n) for n in validate.strings(names, "names")]
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, **kwargs)
     return logits, cache, tokens

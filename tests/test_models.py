@@ -26,10 +26,105 @@ def test_typo_gets_a_suggestion():
         models.load("prev-tokn")
 
 
-def test_online_model_offline_fails_clearly(monkeypatch):
+def _no_network_calls(monkeypatch) -> list:
+    """Record (and refuse) every DNS lookup or connection attempt, so a test proves none was made."""
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise OSError("network refused by the test")
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return calls
+
+
+def test_online_model_in_offline_mode_fails_at_once_without_network(monkeypatch):
+    # The hub library reads HF_HUB_OFFLINE when it is imported; the loader must read it at call time.
+    import huggingface_hub  # noqa: F401 - imported first on purpose
+    from transformer_lens.model_bridge import TransformerBridge
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises((ModelUnavailableError, OSError)):
+    calls = _no_network_calls(monkeypatch)
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", lambda *a, **k: pytest.fail("tried the hub"))
+    with pytest.raises(ModelUnavailableError, match="offline mode is on"):
         models.load("someone/not-a-real-model-xyz")
+    assert calls == []
+
+
+def test_online_model_without_network_fails_after_one_quick_probe(monkeypatch):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    calls = _no_network_calls(monkeypatch)
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", lambda *a, **k: pytest.fail("tried the hub"))
+    with pytest.raises(ModelUnavailableError, match="cannot be reached"):
+        models.load("gpt2")
+    assert len(calls) == 1  # one connection attempt, not a minute of retries
+
+
+def test_unknown_device_is_refused_with_the_choices():
+    from helpers.validate import ArgumentError
+
+    with pytest.raises(ArgumentError, match="cuda"):
+        models.load("prev-token", device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelUnavailableError, match="no cuda device"):
+            models.load("prev-token", device="cuda")
+
+
+def _tiny_cache(directory, truncate: bool = False, drop: str | None = None):
+    """A cache folder with the right file names (tiny stand-ins) for testing validation only."""
+    import json
+
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True)
+    save_file({"w": torch.zeros(64, 64)}, str(directory / "model.safetensors"))
+    if truncate:
+        data = (directory / "model.safetensors").read_bytes()
+        (directory / "model.safetensors").write_bytes(data[: len(data) // 2])
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (directory / name).write_text("{}")
+    (directory / "source.json").write_text(json.dumps({"gguf_sha256": models.SMOLLM2_SHA256, "format": models.CACHE_FORMAT}))
+    if drop:
+        (directory / drop).unlink()
+    return directory
+
+
+def test_cache_validation_names_what_is_wrong(tmp_path):
+    assert models.cache_problem(_tiny_cache(tmp_path / "ok")) is None
+    assert "truncated" in models.cache_problem(_tiny_cache(tmp_path / "cut", truncate=True))
+    assert "missing config.json" in models.cache_problem(_tiny_cache(tmp_path / "noconfig", drop="config.json"))
+    empty = _tiny_cache(tmp_path / "empty")
+    (empty / "model.safetensors").write_bytes(b"")
+    assert "empty" in models.cache_problem(empty)
+
+
+@pytest.mark.slow
+def test_truncated_cache_is_rebuilt_automatically(tmp_path, monkeypatch, smollm2):
+    import shutil
+
+    real = models.smollm2_cache_dir()
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
+    copy = models.smollm2_cache_dir()
+    shutil.copytree(real, copy)
+    with open(copy / "model.safetensors", "r+b") as handle:
+        handle.truncate(1_000_000)
+    (copy / "config.json").unlink()
+    model = models.load("smollm2")
+    assert models.cache_problem(copy) is None
+    tokens = model.to_tokens("The capital of France is")
+    assert model.tokenizer.decode(model(tokens)[0, -1].argmax()) == " Paris"
+
+
+def test_damaged_toy_weights_say_how_to_restore_them(tmp_path):
+    from helpers.toy import load_toy
+
+    damaged = tmp_path / "prev-token.safetensors"
+    damaged.write_bytes(TOY_MODELS["prev-token"].weights.read_bytes()[:300])
+    with pytest.raises(ModelUnavailableError, match="python -m helpers.toy.train prev-token"):
+        load_toy("prev-token", path=damaged)
 
 
 def test_tests_cannot_reach_the_network():

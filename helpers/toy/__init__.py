@@ -54,6 +54,17 @@ TOY_MODELS: dict[str, ToySpec] = {
 }
 
 
+def toy_spec(name: str) -> ToySpec:
+    """The registry entry of toy model `name`, or an UnknownModelError listing the known ones."""
+    from helpers.errors import UnknownModelError, closest
+
+    if name not in TOY_MODELS:
+        near = closest(str(name), TOY_MODELS, n=2)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise UnknownModelError(f"No toy model named {name!r}.{hint} Toy models: {', '.join(sorted(TOY_MODELS))}.")
+    return TOY_MODELS[name]
+
+
 def native_config(config: dict):
     """A TransformerBridgeConfig for TransformerLens's native architecture from a plain dict."""
     from transformer_lens.config import TransformerBridgeConfig
@@ -105,11 +116,17 @@ def read_toy(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
 
 def load_toy(name: str, device: str = "cpu", path: Path | None = None):
     """The shipped toy model `name` as a TransformerBridge."""
-    spec = TOY_MODELS[name]
+    spec = toy_spec(name)
     path = path or spec.weights
     if not path.is_file():
         raise ModelUnavailableError(f"{path} is missing; recreate it with `{spec.retrain_command}`.")
-    config, state, _ = read_toy(path)
-    model, cfg = build_native(config)
-    model.load_state_dict(state, strict=True)
+    try:
+        config, state, _ = read_toy(path)
+        model, cfg = build_native(config)
+        model.load_state_dict(state, strict=True)
+    except Exception as error:  # noqa: BLE001 - a damaged or stale weights file
+        raise ModelUnavailableError(
+            f"The weights file {path} of toy model {name!r} is damaged or does not match its task "
+            f"({type(error).__name__}: {str(error)[:200]}). Restore it with `git checkout -- {path.name}` "
+            f"in {path.parent}, or retrain it with `{spec.retrain_command}`.") from error
     return wrap(model.to(device), cfg, name)
