@@ -1,0 +1,204 @@
+"""Generation with hooks: batched greedy decoding that reuses a KV cache, and chat prompts.
+
+:func:`generate` runs prompts in batches (left-padded, with an attention mask and per-row
+positions), computes the prompt once, then feeds one new token per step while the model keeps its
+keys and values in a KV cache. Hooks passed as ``fwd_hooks`` (TransformerLens ``(name, fn)`` pairs,
+e.g. from :mod:`helpers.steering`) stay on for the prompt and every generated token; during the
+decoding steps a hook sees ``[batch, 1, d]``, the newest token only.
+
+Why not ``TransformerBridge.generate``? With the transformers version this course pins (5.x), the
+decoder layers hand the cache to attention as ``cache=`` while TransformerLens 4's attention bridge
+reads ``past_key_values=``. The cache is never filled, every new token attends to itself alone and
+greedy output degenerates ("The-------"). :func:`kv_cache_fix` bridges the two names for the
+duration of a call (a forward pre-hook per attention module, removed afterwards). The test suite
+checks that cached generation equals recomputing the whole sequence at every step, hooks included.
+``benchmarks/bench_generation.py`` compares speed with the bridge's own ``generate`` and plain
+transformers.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from helpers.errors import PromptError
+from helpers.tokens import check_hook_name, require_tokenizer
+
+
+@dataclass
+class Generation:
+    """Greedy continuations: text [n] and new token ids [n, steps] (pad after a row's end token)."""
+
+    texts: list[str]
+    tokens: torch.Tensor
+
+
+def _check_prompts(prompts, what: str = "prompts") -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise PromptError(f"`{what}` must be a non-empty list of strings, got {prompts!r:.80}.")
+    for i, text in enumerate(prompts):
+        if not isinstance(text, str) or not text.strip():
+            raise PromptError(f"{what}[{i}] is {text!r:.60}: every prompt must be a non-empty string.")
+    return list(prompts)
+
+
+def chat_prompts(model, requests: Sequence[str], system: str | None = None) -> list[str]:
+    """Each request as one user turn in the model's chat template, ending with the assistant's opener.
+
+    system=None keeps the template's default system prompt (SmolLM2: "You are a helpful AI assistant
+    named SmolLM, ..."); a string replaces it.
+    """
+    require_tokenizer(model)
+    requests = _check_prompts(requests, "requests")
+    if system is not None and (not isinstance(system, str) or not system.strip()):
+        raise PromptError(f"`system` must be None (the template's default) or a non-empty string, got {system!r:.60}.")
+    template = getattr(model.tokenizer, "chat_template", None)
+    if not template:
+        raise PromptError(f"{model.cfg.model_name}'s tokenizer has no chat template; pass plain prompts to generate().")
+    out = []
+    for request in requests:
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+            {"role": "user", "content": request}]
+        try:
+            text = model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as error:  # jinja raises TemplateError (e.g. "System role not supported")
+            raise PromptError(
+                f"{model.cfg.model_name}'s chat template rejected these messages ({error}). "
+                "If it does not take a system prompt, pass system=None and put the instruction in the request."
+            ) from error
+        if system is not None and system not in text:
+            raise PromptError(f"{model.cfg.model_name}'s chat template dropped the system prompt; "
+                              "put the instruction in the user turn instead.")
+        out.append(text)
+    return out
+
+
+def _is_attention(module) -> bool:
+    return hasattr(module, "_update_kv_cache")
+
+
+def _rename_cache(module, args, kwargs):
+    if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+        kwargs = {**kwargs, "past_key_values": kwargs["cache"]}
+    return args, kwargs
+
+
+@contextlib.contextmanager
+def kv_cache_fix(model):
+    """While active, attention bridges receive the KV cache that transformers 5 passes as `cache=`."""
+    handles = [module.register_forward_pre_hook(_rename_cache, with_kwargs=True)
+               for module in model.modules() if _is_attention(module)]
+    try:
+        with warnings.catch_warnings():  # the bridge passes the cache by its deprecated name
+            warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _encode(model, prompts: list[str], prepend_bos: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids [n, width] and attention mask [n, width]."""
+    tokenizer = model.tokenizer
+    rows = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    if prepend_bos:
+        rows = [[tokenizer.bos_token_id, *row] for row in rows]
+    width = max(len(r) for r in rows)
+    if width > model.cfg.n_ctx:
+        raise PromptError(f"A prompt is {width} tokens; {model.cfg.model_name} reads at most {model.cfg.n_ctx}.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids.to(model.cfg.device), mask.to(model.cfg.device)
+
+
+def _check_hooks(model, fwd_hooks) -> list:
+    hooks = list(fwd_hooks or [])
+    for item in hooks:
+        if not (isinstance(item, tuple) and len(item) == 2 and callable(item[1])):
+            raise PromptError(f"`fwd_hooks` must be a list of (hook_name, function) pairs, got {item!r:.80}.")
+        check_hook_name(model, item[0])
+    return hooks
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def generate(model, prompts: Sequence[str], max_new_tokens: int = 20, fwd_hooks=(), batch_size: int = 32,
+             prepend_bos: bool = False, stop_at_eos: bool = True) -> Generation:
+    """Greedy continuations of `prompts` with `fwd_hooks` on, batched, reusing a KV cache.
+
+    prepend_bos=False suits chat prompts (they open with their own <|im_start|>); use True for plain text.
+    """
+    require_tokenizer(model)
+    prompts = _check_prompts(prompts)
+    hooks = _check_hooks(model, fwd_hooks)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise PromptError(f"`max_new_tokens` must be a positive int, got {max_new_tokens!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise PromptError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    eos = model.tokenizer.eos_token_id
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    texts, token_rows = [], []
+    with torch.no_grad(), kv_cache_fix(model), model.hooks(fwd_hooks=hooks):
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = _encode(model, prompts[start:start + batch_size], prepend_bos)
+            positions = _positions(mask)
+            logits, cache = model(ids, attention_mask=mask, position_ids=positions, return_type="logits_and_cache")
+            done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+            new = []
+            for step in range(max_new_tokens):
+                next_ids = logits[:, -1].argmax(-1)
+                next_ids = torch.where(done, torch.full_like(next_ids, pad), next_ids)
+                new.append(next_ids)
+                if stop_at_eos and eos is not None:
+                    done |= next_ids == eos
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    break
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                positions = positions[:, -1:] + 1
+                logits, cache = model(next_ids[:, None], attention_mask=mask, position_ids=positions,
+                                      past_key_values=cache, return_type="logits_and_cache")
+            block = torch.stack(new, dim=1).cpu()
+            block = torch.nn.functional.pad(block, (0, max_new_tokens - block.shape[1]), value=pad)
+            token_rows.append(block)
+            for row in block.tolist():
+                if stop_at_eos and eos is not None and eos in row:
+                    row = row[:row.index(eos)]
+                texts.append(model.tokenizer.decode(row))
+    return Generation(texts, torch.cat(token_rows))
+
+
+def last_logits(model, prompts: Sequence[str], fwd_hooks=(), batch_size: int = 32,
+                prepend_bos: bool = False) -> torch.Tensor:
+    """Next-token logits [n, d_vocab] after each prompt's last token, with `fwd_hooks` on (batched)."""
+    require_tokenizer(model)
+    prompts = _check_prompts(prompts)
+    hooks = _check_hooks(model, fwd_hooks)
+    out = []
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = _encode(model, prompts[start:start + batch_size], prepend_bos)
+            logits = model(ids, attention_mask=mask, position_ids=_positions(mask))
+            out.append(logits[:, -1].float().cpu())
+    return torch.cat(out)
+
+
+def reference_generate(model, prompt: str, max_new_tokens: int, fwd_hooks=(), prepend_bos: bool = False) -> list[int]:
+    """Greedy new token ids for one prompt, recomputing the whole sequence at every step (slow; for tests)."""
+    ids, _ = _encode(model, _check_prompts([prompt]), prepend_bos)
+    new = []
+    with torch.no_grad(), model.hooks(fwd_hooks=_check_hooks(model, fwd_hooks)):
+        for _ in range(max_new_tokens):
+            next_id = model(ids)[0, -1].argmax()
+            new.append(int(next_id))
+            if next_id == model.tokenizer.eos_token_id:
+                break
+            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+    return new

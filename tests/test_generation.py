@@ -1,0 +1,73 @@
+"""helpers.generation: cached batched greedy generation equals recomputing everything, hooks included."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers.errors import PromptError
+from helpers.generation import chat_prompts, generate, last_logits, reference_generate
+from helpers.steering import ablation_hooks, addition_hooks, random_directions
+
+pytestmark = pytest.mark.slow
+
+REQUESTS = ["What is the capital of France?", "Write a haiku about rain, please.", "Hi"]
+
+
+def test_cached_batched_generation_matches_full_recomputation(smollm2):
+    prompts = chat_prompts(smollm2, REQUESTS)  # different lengths: left padding is exercised
+    out = generate(smollm2, prompts, max_new_tokens=8, batch_size=2)
+    for prompt, row in zip(prompts, out.tokens):
+        expected = reference_generate(smollm2, prompt, 8)
+        assert row.tolist()[:len(expected)] == expected
+    assert out.texts[0].startswith("The capital of France is Paris")
+
+
+def test_hooks_stay_on_for_every_generated_token(smollm2):
+    prompts = chat_prompts(smollm2, REQUESTS[:2])
+    direction = random_directions(smollm2.cfg.d_model, 1, seed=0)[0]
+    hooks = ablation_hooks(smollm2, direction) + addition_hooks(smollm2, direction * 40, 10)
+    steered = generate(smollm2, prompts, max_new_tokens=6, fwd_hooks=hooks)
+    plain = generate(smollm2, prompts, max_new_tokens=6)
+    assert not torch.equal(steered.tokens, plain.tokens)
+    for prompt, row in zip(prompts, steered.tokens):
+        expected = reference_generate(smollm2, prompt, 6, fwd_hooks=hooks)
+        assert row.tolist()[:len(expected)] == expected
+    assert not smollm2.hook_dict["blocks.10.hook_resid_pre"].fwd_hooks  # removed afterwards
+
+
+def test_last_logits_ignore_left_padding(smollm2):
+    prompts = chat_prompts(smollm2, REQUESTS)
+    together = last_logits(smollm2, prompts)
+    alone = torch.cat([last_logits(smollm2, [p]) for p in prompts])
+    assert torch.allclose(together, alone, atol=1e-3)
+
+
+def test_system_prompt_replaces_the_default(smollm2):
+    text = chat_prompts(smollm2, ["Hello"], system="Answer in French.")[0]
+    assert "Answer in French." in text and "SmolLM" not in text
+    assert "SmolLM" in chat_prompts(smollm2, ["Hello"])[0]
+
+
+def test_bad_prompts_and_system_prompts_are_refused(smollm2):
+    with pytest.raises(PromptError, match="non-empty list"):
+        generate(smollm2, [])
+    with pytest.raises(PromptError, match="non-empty string"):
+        chat_prompts(smollm2, ["fine", "  "])
+    with pytest.raises(PromptError, match="system"):
+        chat_prompts(smollm2, ["Hello"], system="")
+    with pytest.raises(PromptError, match="max_new_tokens"):
+        generate(smollm2, ["Hello"], max_new_tokens=0)
+    with pytest.raises(PromptError, match="pairs"):
+        generate(smollm2, ["Hello"], fwd_hooks=["blocks.0.hook_resid_pre"])
+
+
+def test_a_template_that_cannot_take_a_system_prompt_is_explained(smollm2, monkeypatch):
+    strict = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+              "{% endif %}{{ m['content'] }}{% endfor %}")
+    monkeypatch.setattr(smollm2.tokenizer, "chat_template", strict)
+    with pytest.raises(PromptError, match="system=None"):
+        chat_prompts(smollm2, ["Hello"], system="Be brief.")
+    dropping = "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    monkeypatch.setattr(smollm2.tokenizer, "chat_template", dropping)
+    with pytest.raises(PromptError, match="dropped"):
+        chat_prompts(smollm2, ["Hello"], system="Be brief.")
