@@ -60,8 +60,8 @@ def collect_activations(model, sentences: Sequence[str], hook_names: Sequence[st
     mask keeps it from touching them, and it is cut off before returning.
     """
     sentences = _check_sentences(sentences)
-    if isinstance(hook_names, str):
-        hook_names = [hook_names]
+    batch_size = validate.positive_int(batch_size, "batch_size")
+    hook_names = validate.strings(hook_names, "hook_names")
     names = [check_hook_name(model, name) for name in hook_names]
     lengths = [len(model.tokenizer.encode(s, add_special_tokens=False)) + 1 for s in sentences]
     if max(lengths) > model.cfg.n_ctx:

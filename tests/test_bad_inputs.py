@@ -154,6 +154,12 @@ SMOLLM2_ERRORS = [
      "batch_size"),
     ("probes: position beyond the prompt", lambda m: probes.gather_activations(m, ["a cat"], "blocks.0.hook_resid_post",
                                                                                position=9), "position"),
+    ("neurons: batch_size -1 (was an empty result)", lambda m: neurons.collect_activations(
+        m, ["a cat"], ["blocks.0.mlp.hook_post"], batch_size=-1), "batch_size"),
+    ("neurons: batch_size 0", lambda m: neurons.collect_activations(m, ["a cat"], ["blocks.0.mlp.hook_post"], batch_size=0),
+     "batch_size"),
+    ("widgets: head out of range", lambda m: __import__("helpers.widgets").widgets.attention_explorer(m, "a cat sat", 0, 12),
+     "head"),
     ("neurons: misspelt hook", lambda m: neurons.top_activating_tokens(m, ["a cat"], "blocks.0.mlp.hook_postt", 3), "closest"),
     ("neurons: neuron out of range", lambda m: neurons.top_activating_tokens(m, ["a cat"], "blocks.0.mlp.hook_post", 99999),
      "neuron"),
