@@ -80,6 +80,10 @@ def _clone(value: Any) -> Any:
         return value.detach().clone()
     if isinstance(value, np.ndarray):
         return value.copy()
+    if isinstance(getattr(value, "cache_dict", None), dict):  # an ActivationCache: copy its tensors, share the model
+        clone = copy.copy(value)
+        clone.cache_dict = {name: t.detach().clone() for name, t in value.cache_dict.items()}
+        return clone
     if isinstance(value, (list, tuple, dict)) and not find_models([value]):
         return copy.deepcopy(value)
     return value  # models and other big objects are shared, not copied
@@ -95,6 +99,8 @@ def _tensors(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     elif isinstance(value, dict):
         for key, item in value.items():
             yield from _tensors(item, f"{path}[{key!r}]")
+    elif isinstance(getattr(value, "cache_dict", None), dict):
+        yield from _tensors(value.cache_dict, path)
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -30,6 +30,13 @@ def find_models(values: Iterable[Any]) -> list[torch.nn.Module]:
     return list(found.values())
 
 
+def _fingerprint(tensor: torch.Tensor) -> float:
+    """The sum of a tensor's values: catches edits through `.data`, which bypass the version counter
+    (about 40 ms for all of SmolLM2's weights on one thread). NaN compares unequal, so a NaN edit shows."""
+    with torch.no_grad():
+        return float(tensor.detach().sum()) if tensor.numel() else 0.0
+
+
 def _module_names(model: torch.nn.Module) -> dict[int, str]:
     return {id(module): name or "the model" for name, module in model.named_modules(remove_duplicate=True)}
 
@@ -40,7 +47,7 @@ class _ModelSnapshot:
     hooks: dict[int, dict[str, set]] = field(default_factory=dict)  # module id -> hook dict name -> keys / handle ids
     lens_hooks: dict[int, dict[str, list]] = field(default_factory=dict)  # HookPoint id -> fwd/bwd -> handles
     training: dict[int, bool] = field(default_factory=dict)
-    weights: dict[str, tuple] = field(default_factory=dict)  # name -> (tensor id, version, data_ptr, requires_grad)
+    weights: dict[str, tuple] = field(default_factory=dict)  # name -> (tensor id, version, data_ptr, requires_grad, sum)
     copy: dict[str, torch.Tensor] | None = None
 
     @classmethod
@@ -54,7 +61,7 @@ class _ModelSnapshot:
         tensors = dict(model.named_parameters())
         tensors.update(model.named_buffers())
         for name, tensor in tensors.items():
-            snap.weights[name] = (id(tensor), tensor._version, tensor.data_ptr(), tensor.requires_grad)
+            snap.weights[name] = (id(tensor), tensor._version, tensor.data_ptr(), tensor.requires_grad, _fingerprint(tensor))
         if sum(t.numel() for t in tensors.values()) <= COPY_LIMIT:
             snap.copy = {name: t.detach().clone() for name, t in tensors.items()}
         return snap
@@ -103,9 +110,10 @@ class _ModelSnapshot:
         tensors = dict(model.named_parameters())
         tensors.update(model.named_buffers())
         edited, grad_flipped = [], []
-        for name, (ident, version, pointer, requires_grad) in self.weights.items():
+        for name, (ident, version, pointer, requires_grad, total) in self.weights.items():
             tensor = tensors.get(name)
-            if tensor is None or id(tensor) != ident or tensor._version != version or tensor.data_ptr() != pointer:
+            if (tensor is None or id(tensor) != ident or tensor._version != version or tensor.data_ptr() != pointer
+                    or _fingerprint(tensor) != total):
                 edited.append(name)
             elif tensor.requires_grad != requires_grad:
                 tensor.requires_grad_(requires_grad)

@@ -256,3 +256,14 @@ def test_values_returned_where_indices_were_expected_are_named():
     result = check("top2", lambda x: x.topk(2).values, cases)
     assert result.status == FAILED and ".indices" in result.message
     assert check("top2", lambda x: x.topk(2).indices.int(), cases).status == PASSED
+
+
+def test_weight_edit_through_data_is_caught_by_the_fingerprint(prev_token_model):
+    before = {n: p.detach().clone() for n, p in prev_token_model.named_parameters()}
+
+    def edits_through_data(model, tokens):
+        next(model.parameters()).data[0] += 1.0  # .data bypasses the version counter
+        return model(tokens).detach()
+    result = check("logits", edits_through_data, lambda: _model_cases(prev_token_model))
+    assert result.status == FAILED and "edited 1 weight tensor" in result.message
+    assert all(torch.equal(before[n], p) for n, p in prev_token_model.named_parameters())
