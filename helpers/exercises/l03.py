@@ -1,15 +1,44 @@
 """Lesson 03 exercises: a difference-of-means direction, a probe scored on held-out entities, selectivity.
 
 The cases use small synthetic activations whose truth is known by construction, so each check can
-tell a correct answer from the classic mistakes:
+tell a correct answer from the classic mistakes. Mistakes each case separates:
 
-* ``noise_data``: every group (entity) has its own random feature vector and a random label. Nothing
-  generalises to a new group, so an honest held-out accuracy is near chance (0.5); a probe scored on
-  its training prompts, or on a split that lets a group's prompts fall on both sides, memorises the
-  group and scores near 1.
-* ``signal_data``: the label shifts every prompt along one direction, so an honest probe generalises.
+diff_of_means_direction(acts, labels)
+  * class 0 minus class 1 (sign), or ``abs()`` of the direction: every case has components of both signs.
+  * not normalised, or normalised with another norm (L1, max): every case has non-unit differences.
+  * mean over the features (axis 1), or sums instead of means: cases have unbalanced classes.
+  * ``acts[labels]`` (integer indexing picks rows 0 and 1): every case.
+  * assumes the classes are sorted (first half class 0): labels interleaved in one case, class 1 first
+    in another.
+  * unit-normalising each row before averaging: rows of very different norms in one case.
+
+heldout_probe_accuracy(acts, labels, groups, test_fraction, seed)
+  The answer depends on a random split, so the check judges what an honest split must give:
+  * scored on the training prompts, trained on all prompts, or a split by prompt instead of by group:
+    "random label per entity" (an honest probe is near chance; a leaky one memorises the entities).
+  * a constant, or trained and scored on the wrong side: "label shifts a direction" (must be > 0.9).
+  * the first (or last) groups or rows as the test side instead of a random choice: two datasets
+    sorted by source, whose first (last) quarter of entities has the label signal reversed; a split
+    that takes them gets almost every test prompt wrong.
+  * ignores ``test_fraction`` (or uses it as the training share): two cases with a fraction other
+    than 0.25 on one-prompt entities, where the accuracy must be a whole number of correct answers out
+    of round(test_fraction x entities) test prompts (the counts are chosen to share no factor).
+  * ignores ``seed`` (the same split whatever the seed), or uses an unseeded generator (a different
+    split on every call): four seeds on one dataset must not all give the same accuracy, and the same
+    seed twice must give the same accuracy.
+
+selectivity(acts, task_labels, control_labels, train_idx, test_idx)
+  * control probe scored on the training prompts, or fitted on the test prompts; task probe scored on
+    the training prompts; train and test swapped; its own split instead of train_idx / test_idx: every
+    case compares exactly with the reference.
+  * task minus control swapped (sign), or ``abs()`` of the difference: one case has a learnable
+    control task and a random main task, so its selectivity is negative.
+  * the task labels used for both probes (a typo): every case.
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,16 +52,28 @@ from helpers.probes import diff_of_means, fit_probe, probe_score
 def group_data(n_groups: int = 200, per_group: int = 3, d: int = 64, signal: float = 0.0, seed: int = 0):
     """(acts [n, d], labels [n], groups list[str]): a random vector per group plus prompt noise, labels
     random per group (balanced); `signal` adds label * signal along a fixed direction."""
+    return entity_data([per_group] * n_groups, d=d, signal=signal, seed=seed, padded=False)
+
+
+def entity_data(sizes, d: int = 64, signal=0.0, seed: int = 0, padded: bool = True):
+    """Like `group_data`, with `sizes[i]` prompts for entity i, entities listed in order, and `signal`
+    either one number or one per entity (a negative signal reverses the label's direction for that entity).
+
+    With `padded`, entity names are zero-padded (entity007) so that sorting them keeps their order.
+    """
     gen = torch.Generator().manual_seed(seed)
+    n_groups = len(sizes)
     group_vectors = torch.randn(n_groups, d, generator=gen)
     group_labels = torch.randperm(n_groups, generator=gen) % 2
     direction = torch.randn(d, generator=gen)
     direction /= direction.norm()
-    index = torch.arange(n_groups).repeat_interleave(per_group)
+    index = torch.arange(n_groups).repeat_interleave(torch.as_tensor(sizes))
     acts = group_vectors[index] + 0.3 * torch.randn(len(index), d, generator=gen)
     labels = group_labels[index]
-    acts += signal * (2.0 * labels[:, None] - 1.0) * direction
-    return acts, labels, [f"entity{int(i)}" for i in index]
+    strength = torch.as_tensor(signal, dtype=torch.float32).expand(n_groups)[index]
+    acts += (strength * (2.0 * labels - 1.0))[:, None] * direction
+    width = len(str(n_groups - 1)) if padded else 0
+    return acts, labels, [f"entity{int(i):0{width}d}" for i in index]
 
 
 # ------------------------------------------------------------------ exercise 1: difference of means
@@ -42,6 +83,10 @@ def reference_diff_of_means_direction(acts: torch.Tensor, labels: torch.Tensor) 
     return diff_of_means(acts, labels)
 
 
+_DOM_HINT = ("mean of the class-1 rows minus mean of the class-0 rows (average over axis 0, the prompts; select "
+             "rows with a boolean mask such as labels == 1), then divide by its norm so the direction has length 1.")
+
+
 def _dom_cases() -> list[Case]:
     gen = torch.Generator().manual_seed(3)
     cases = []
@@ -49,15 +94,21 @@ def _dom_cases() -> list[Case]:
         acts = torch.randn(n, d, generator=gen) + 2.0
         labels = (torch.arange(n) % (2 if n == 40 else 3) == 0).long()
         acts[labels == 1, 0] += 3.0
-        cases.append(Case(name, (acts, labels), reference_diff_of_means_direction(acts, labels),
-                          hint="mean of the class-1 rows minus mean of the class-0 rows (average over axis 0, "
-                               "the prompts), then divide by its norm so the direction has length 1."))
+        cases.append(Case(name, (acts, labels), reference_diff_of_means_direction(acts, labels), hint=_DOM_HINT))
+    # Class 1 first (a learner assuming class 0 comes first fails), 7 of 16 in class 1, rows whose norms
+    # range over two orders of magnitude (averaging unit rows differs), and a class-1 mean lower than the
+    # class-0 mean on most features (the direction's sign matters everywhere).
+    acts = torch.randn(16, 6, generator=gen) * torch.logspace(-1, 1, 16)[:, None] - 1.0
+    labels = (torch.arange(16) < 7).long()
+    acts[labels == 1] -= torch.tensor([2.0, 0.5, -1.0, 3.0, 0.0, -0.5])
+    cases.append(Case("16 prompts, d=6, class 1 listed first, rows of very different sizes", (acts, labels),
+                      reference_diff_of_means_direction(acts, labels), hint=_DOM_HINT))
     return cases
 
 
 def check_diff_of_means_direction(fn) -> CheckResult:
     """Check a difference-of-means direction; never raises."""
-    return check("diff_of_means_direction", fn, _dom_cases(), atol=1e-5)
+    return check("diff_of_means_direction", fn, _dom_cases, atol=1e-5)
 
 
 # ---------------------------------------------------------- exercise 2: a probe with a proper split
@@ -74,15 +125,81 @@ def reference_heldout_probe_accuracy(acts: torch.Tensor, labels: torch.Tensor, g
     return probe_score(probe, acts[test], labels[test])
 
 
-def _in_range(got, expected: tuple[float, float]) -> str | None:
-    if isinstance(got, torch.Tensor) and got.numel() == 1:
-        got = got.item()
-    if not isinstance(got, (int, float, np.floating)):
-        return f"expected an accuracy (a float between 0 and 1), got {type(got).__name__} {got!r}"[:200]
-    low, high = expected
-    if not low <= float(got) <= high:
-        return f"expected an accuracy between {low} and {high}, got {float(got):.3f}"
+@dataclass(frozen=True)
+class Accuracy:
+    """What an honest held-out accuracy must look like on one case (the split itself may differ)."""
+
+    low: float
+    high: float
+    test_counts: tuple[int, ...] = ()  # if given: the accuracy is k / n for one of these test-set sizes
+    fraction_note: str = ""  # says where test_counts come from
+    seed_run: str = ""  # cases sharing a seed_run use the same data with different seeds
+    seed: int | None = None
+    last_of_run: bool = False
+
+
+def _as_accuracy(got) -> float | None:
+    if isinstance(got, torch.Tensor) and got.numel() == 1 and got.is_floating_point():
+        return float(got.item())
+    if isinstance(got, np.ndarray) and got.size == 1 and np.issubdtype(got.dtype, np.floating):
+        return float(got.reshape(()))
+    if isinstance(got, (int, float, np.floating, np.integer)) and not isinstance(got, (bool, np.bool_)):
+        return float(got)
     return None
+
+
+def _in_range(got, expected) -> str | None:
+    """Judge one accuracy against an `Accuracy` (or a (low, high) pair)."""
+    return _judge(got, expected if isinstance(expected, Accuracy) else Accuracy(*expected), {})
+
+
+def _judge(got, spec: Accuracy, memory: dict) -> str | None:
+    value = _as_accuracy(got)
+    if value is None:
+        return f"expected an accuracy (a float between 0 and 1), got {type(got).__name__} {got!r}"[:200]
+    if not spec.low <= value <= spec.high:
+        return f"expected an accuracy between {spec.low} and {spec.high}, got {value:.3f}"
+    if spec.test_counts and not any(abs(value * n - round(value * n)) < 1e-4 for n in spec.test_counts):
+        counts = " or ".join(str(n) for n in spec.test_counts)
+        return (f"an accuracy of {value:.4f} is not a whole number of correct answers out of the {counts} test "
+                f"prompts that {spec.fraction_note} gives, so your test side has another size: did you ignore "
+                "`test_fraction`, or use it as the share of the training side?")
+    if spec.seed_run:
+        run = memory.setdefault(spec.seed_run, {})
+        if spec.seed in run and abs(run[spec.seed] - value) > 1e-9:
+            return (f"called twice with seed={spec.seed} on the same data, your function returned "
+                    f"{run[spec.seed]:.4f}, then {value:.4f}: make every random choice from `seed` (for example "
+                    "rng = np.random.default_rng(seed)), so that a result can be reproduced")
+        run[spec.seed] = value
+        if spec.last_of_run and len(run) > 1 and max(run.values()) - min(run.values()) < 1e-9:
+            return (f"seeds {', '.join(str(s) for s in run)} all gave exactly {value:.4f}: a different seed should "
+                    "hold out different entities, so `seed` must drive your random choice of test groups")
+    return None
+
+
+_LEAK_HINT = ("an honest probe cannot predict random labels of entities it never saw, so its accuracy is near "
+              "chance. Near 1.0 means the test prompts' entities were seen in training: score only on prompts "
+              "whose group is held out entirely (not a random subset of prompts), and never on the training prompts.")
+_ORDER_HINT = ("this dataset is sorted by source, and the {where} quarter of its entities come from a source where "
+               "the label points the other way. A random choice of held-out entities mixes sources; taking the "
+               "{where} entities (or rows) as the test side puts one whole source there. Choose the held-out "
+               "groups at random, with `seed`.")
+_FRACTION_HINT = ("hold out round(test_fraction x number of entities) entities, chosen at random with `seed` "
+                  "(rounding up or down is fine), and put all their prompts on the test side.")
+_SEED_HINT = ("use `seed` for every random choice (e.g. rng = np.random.default_rng(seed)): the same seed must give "
+              "the same split, and different seeds different splits.")
+
+
+def _fraction_case(n_entities: int, test_fraction: float, seed: int, data_seed: int) -> Case:
+    # One prompt per entity and a weak signal: the accuracy is k / n_test with 0 < k < n_test, and
+    # n_test for test_fraction shares no factor with the sizes a fixed 0.25 or the training share give.
+    data = entity_data([1] * n_entities, d=64, signal=1.5, seed=data_seed)
+    x = test_fraction * n_entities
+    counts = tuple(sorted({math.floor(x), round(x), math.ceil(x)}))
+    spec = Accuracy(0.0, 1.0, test_counts=counts,
+                    fraction_note=f"test_fraction={test_fraction} of {n_entities} entities (one prompt each)")
+    return Case(f"{n_entities} entities with one prompt each, test_fraction={test_fraction}, seed={seed}",
+                data, spec, hint=_FRACTION_HINT, kwargs={"test_fraction": test_fraction, "seed": seed})
 
 
 def _split_cases() -> list[Case]:
@@ -90,21 +207,40 @@ def _split_cases() -> list[Case]:
     # honest probe's accuracy within about +-0.1 of chance whatever split the learner draws.
     noise = group_data(n_groups=200, d=512, signal=0.0, seed=1)
     signal = group_data(n_groups=200, d=512, signal=4.0, seed=2)
-    return [
-        Case("random label per entity (nothing to generalise)", (*noise,), (0.25, 0.75), kwargs={"test_fraction": 0.25},
-             hint="an honest probe cannot predict random labels of entities it never saw, so its accuracy is "
-                  "near chance. Near 1.0 means the test prompts' entities were seen in training: score only "
-                  "on prompts whose group is held out entirely (not a random subset of prompts), and never on "
-                  "the training prompts."),
-        Case("label shifts a direction (should generalise)", (*signal,), (0.9, 1.0), kwargs={"test_fraction": 0.25},
+    cases = [
+        Case("random label per entity (nothing to generalise)", (*noise,), Accuracy(0.25, 0.75),
+             kwargs={"test_fraction": 0.25}, hint=_LEAK_HINT),
+        Case("label shifts a direction (should generalise)", (*signal,), Accuracy(0.9, 1.0), kwargs={"test_fraction": 0.25},
              hint="this data has a real, shared signal: a probe trained on some entities should score above "
                   "0.9 on the held-out ones. Fit on the training side, score on the test side."),
     ]
+    # Sorted by source: a quarter of the entities (first, then last) has the label direction reversed.
+    # An honest random split scores about 0.66 (between 0.51 and 0.79 over 100 splits); a split that
+    # holds out that quarter scores about 0; a split by prompt about 0.99.
+    for where, seed, data_seed in (("first", 1, 11), ("last", 2, 12)):
+        strength = torch.full((200,), 4.0)
+        strength[slice(0, 50) if where == "first" else slice(150, 200)] = -4.0
+        data = entity_data([3] * 200, d=512, signal=strength, seed=data_seed)
+        cases.append(Case(f"sorted by source: the {where} 50 of 200 entities have the label reversed, seed={seed}",
+                          data, Accuracy(0.4, 0.9), hint=_ORDER_HINT.format(where=where),
+                          kwargs={"test_fraction": 0.25, "seed": seed}))
+    cases += [_fraction_case(68, 0.2, seed=0, data_seed=21), _fraction_case(76, 0.3, seed=4, data_seed=22)]
+    # Entities of 1 to 5 prompts with random labels: every split gives its own accuracy.
+    sizes = (torch.randperm(120, generator=torch.Generator().manual_seed(5)) % 5 + 1).tolist()
+    data = entity_data(sizes, d=128, signal=0.0, seed=23)
+    seeds = (3, 4, 3, 5, 6)
+    for i, seed in enumerate(seeds):
+        again = " (again)" if seed in seeds[:i] else ""
+        cases.append(Case(f"120 entities of 1 to 5 prompts, random labels, seed={seed}{again}", data,
+                          Accuracy(0.15, 0.85, seed_run="seeds", seed=seed, last_of_run=i == len(seeds) - 1),
+                          hint=_SEED_HINT, kwargs={"test_fraction": 0.25, "seed": seed}))
+    return cases
 
 
 def check_heldout_probe_accuracy(fn) -> CheckResult:
     """Check a held-out-entity probe by what its accuracy must be on data built to expose leaks; never raises."""
-    return check("heldout_probe_accuracy", fn, _split_cases(), compare_fn=_in_range)
+    memory: dict = {}
+    return check("heldout_probe_accuracy", fn, _split_cases, compare_fn=lambda got, spec: _judge(got, spec, memory))
 
 
 # ----------------------------------------------------------------------------- exercise 3: selectivity
@@ -119,6 +255,10 @@ def reference_selectivity(acts: torch.Tensor, task_labels: torch.Tensor, control
             - probe_score(control, acts[test_idx], control_labels[test_idx]))
 
 
+_SELECTIVITY_HINT = ("selectivity = task accuracy on the TEST prompts minus control accuracy on the same TEST "
+                     "prompts; both probes are fitted on the training prompts only (train_idx), each on its own labels.")
+
+
 def _selectivity_cases() -> list[Case]:
     cases = []
     for name, seed in (("by-prompt split", 4), ("another draw", 5)):
@@ -128,12 +268,19 @@ def _selectivity_cases() -> list[Case]:
         order = np.random.default_rng(seed).permutation(len(groups))
         train_idx, test_idx = np.sort(order[60:]), np.sort(order[:60])
         args = (acts, task_labels, control_labels, train_idx, test_idx)
-        cases.append(Case(name, args, reference_selectivity(*args),
-                          hint="selectivity = task accuracy on the TEST prompts minus control accuracy on the "
-                               "same TEST prompts; both probes are fitted on the training prompts only."))
+        cases.append(Case(name, args, reference_selectivity(*args), hint=_SELECTIVITY_HINT))
+    # The roles reversed: the control labels carry a shared signal and the task labels are random per
+    # group, so selectivity is negative (a wrong abs() or swapped sign shows). The test side is the
+    # first 60 rows, unsorted train indices.
+    acts, control_labels, _ = group_data(n_groups=60, per_group=4, d=96, signal=1.5, seed=6)
+    _, task_labels, _ = group_data(n_groups=60, per_group=4, d=96, seed=106)
+    order = np.random.default_rng(6).permutation(np.arange(60, 240))
+    args = (acts, task_labels, control_labels, order, np.arange(60))
+    cases.append(Case("a random task and a learnable control (selectivity is negative)", args,
+                      reference_selectivity(*args), hint=_SELECTIVITY_HINT + " Keep the sign: it can be negative."))
     return cases
 
 
 def check_selectivity(fn) -> CheckResult:
-    """Check selectivity against the reference on two synthetic splits; never raises."""
-    return check("selectivity", fn, _selectivity_cases(), atol=1e-6, rtol=0.0)
+    """Check selectivity against the reference on three synthetic splits; never raises."""
+    return check("selectivity", fn, _selectivity_cases, atol=1e-6, rtol=0.0)
