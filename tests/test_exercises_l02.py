@@ -62,9 +62,42 @@ def forgets_batch_mean(pattern, tokens):
     return _score(pattern[:1], _targets(tokens[:1]))
 
 
-@pytest.mark.parametrize("wrong", [duplicate_instead_of_induction, off_by_one_the_other_way, averages_over_every_query,
-                                   takes_the_largest_target_not_the_sum, counts_the_query_itself, assumes_two_halves,
-                                   forgets_batch_mean])
+def mean_of_the_targets_not_the_sum(pattern, tokens):
+    mask = _targets(tokens)
+    picked = (pattern * mask[:, None]).sum(-1) / mask.sum(-1).clamp_min(1)[:, None]
+    eligible = mask.any(-1)
+    return (picked * eligible[:, None]).sum((0, 2)) / eligible.sum()
+
+
+def only_the_most_recent_copy(pattern, tokens):
+    mask = _targets(tokens)
+    last = mask & (mask.int().flip(-1).cumsum(-1).flip(-1) == 1)  # the right-most target of each query
+    return _score(pattern, last)
+
+
+def wraps_around_with_roll(pattern, tokens):
+    n = tokens.shape[1]
+    mask = (tokens[:, :, None] == tokens.roll(1, dims=1)[:, None, :]) & torch.ones(n, n, dtype=torch.bool).tril(-1)
+    return _score(pattern, mask)
+
+
+def mean_of_per_prompt_scores(pattern, tokens):
+    mask = _targets(tokens)
+    scores = [_score(pattern[b:b + 1], mask[b:b + 1]) for b in range(tokens.shape[0]) if mask[b].any()]
+    return torch.stack(scores).mean(0)
+
+
+def reads_only_prompt_0(pattern, tokens):
+    return _score(pattern[:1], _targets(tokens[:1]))
+
+
+INDUCTION_WRONG = [duplicate_instead_of_induction, off_by_one_the_other_way, averages_over_every_query,
+                   takes_the_largest_target_not_the_sum, counts_the_query_itself, assumes_two_halves,
+                   forgets_batch_mean, mean_of_the_targets_not_the_sum, only_the_most_recent_copy,
+                   wraps_around_with_roll, mean_of_per_prompt_scores, reads_only_prompt_0]
+
+
+@pytest.mark.parametrize("wrong", INDUCTION_WRONG)
 def test_induction_score_mistakes_fail(wrong):
     assert l02.check_induction_score(wrong).status == FAILED, wrong.__name__
 
@@ -118,8 +151,48 @@ def zeroes_every_head(z, hook, head):
     return torch.zeros_like(z)
 
 
-@pytest.mark.parametrize("wrong", [zeroes_the_position_axis, zeroes_the_d_head_axis, keeps_only_that_head,
-                                   edits_in_place_returns_nothing, zeroes_every_head])
+def always_zeroes_head_1(z, hook, head):
+    z = z.clone()
+    z[:, :, 1] = 0.0
+    return z
+
+
+def zeroes_the_last_head(z, hook, head):
+    z = z.clone()
+    z[:, :, -1] = 0.0
+    return z
+
+
+def zeroes_the_next_head(z, hook, head):
+    z = z.clone()
+    z[:, :, (head + 1) % z.shape[2]] = 0.0
+    return z
+
+
+def zeroes_only_batch_item_0(z, hook, head):
+    z = z.clone()
+    z[0, :, head] = 0.0
+    return z
+
+
+def zeroes_only_the_last_position(z, hook, head):
+    z = z.clone()
+    z[:, -1, head] = 0.0
+    return z
+
+
+def mean_ablates_instead(z, hook, head):
+    z = z.clone()
+    z[:, :, head] = z[:, :, head].mean((0, 1), keepdim=True)
+    return z
+
+
+HOOK_WRONG = [zeroes_the_position_axis, zeroes_the_d_head_axis, keeps_only_that_head, edits_in_place_returns_nothing,
+              zeroes_every_head, always_zeroes_head_1, zeroes_the_last_head, zeroes_the_next_head,
+              zeroes_only_batch_item_0, zeroes_only_the_last_position, mean_ablates_instead]
+
+
+@pytest.mark.parametrize("wrong", HOOK_WRONG)
 def test_zero_head_hook_mistakes_fail(wrong):
     assert l02.check_zero_head_hook(wrong).status == FAILED, wrong.__name__
 
@@ -133,6 +206,15 @@ def test_in_place_hook_that_returns_z_passes():
         z[:, :, head] = 0.0
         return z
     assert l02.check_zero_head_hook(in_place).status == PASSED
+
+
+def test_mask_multiplying_hook_that_reads_the_hook_name_passes():
+    def with_a_mask(z, hook, head):
+        assert hook.name.endswith("attn.hook_z")  # the check passes a real, named HookPoint
+        keep = torch.ones(z.shape[2])
+        keep[head] = 0.0
+        return z * keep[:, None]
+    assert l02.check_zero_head_hook(with_a_mask).status == PASSED
 
 
 def test_reference_hook_matches_the_ablation_helper(induction_model):
@@ -182,8 +264,32 @@ def qk_as_key_times_query(W_V0, W_O0, W_Q1, W_K1):
     return _normalised(ov @ kq.T, ov, kq)
 
 
-@pytest.mark.parametrize("wrong", [q_composition_instead, v_composition_shape_guess, not_normalised,
-                                   spectral_not_frobenius, qk_as_key_times_query])
+def uses_w_q1_twice(W_V0, W_O0, W_Q1, W_K1):
+    ov, qk = W_V0 @ W_O0, W_Q1 @ W_Q1.T
+    return _normalised(ov @ qk.T, ov, qk)
+
+
+def squared_ratio(W_V0, W_O0, W_Q1, W_K1):
+    ov, qk = _ov_qk(W_V0, W_O0, W_Q1, W_K1)
+    return _normalised(ov @ qk.T, ov, qk) ** 2
+
+
+def ignores_the_value_weights(W_V0, W_O0, W_Q1, W_K1):
+    _, qk = _ov_qk(W_V0, W_O0, W_Q1, W_K1)
+    return _normalised(W_O0 @ qk.T, W_O0, qk)
+
+
+def normalised_by_all_four_weights(W_V0, W_O0, W_Q1, W_K1):
+    ov, qk = _ov_qk(W_V0, W_O0, W_Q1, W_K1)
+    return (ov @ qk.T).norm() / (W_V0.norm() * W_O0.norm() * W_Q1.norm() * W_K1.norm())
+
+
+COMPOSITION_WRONG = [q_composition_instead, v_composition_shape_guess, not_normalised, spectral_not_frobenius,
+                     qk_as_key_times_query, uses_w_q1_twice, squared_ratio, ignores_the_value_weights,
+                     normalised_by_all_four_weights]
+
+
+@pytest.mark.parametrize("wrong", COMPOSITION_WRONG)
 def test_k_composition_mistakes_fail(wrong):
     assert l02.check_k_composition(wrong).status == FAILED, wrong.__name__
 
@@ -197,6 +303,15 @@ def test_k_composition_transpose_form_passes():
         ov, qk = _ov_qk(W_V0, W_O0, W_Q1, W_K1)
         return _normalised(qk @ ov.T, ov, qk)
     assert l02.check_k_composition(transposed).status == PASSED
+
+
+def test_k_composition_einsum_form_returning_a_python_float_passes():
+    def with_einsum(W_V0, W_O0, W_Q1, W_K1):
+        ov = torch.einsum("ah,hb->ab", W_V0, W_O0)
+        kq = torch.einsum("ah,bh->ab", W_K1, W_Q1)  # = W_QK.T
+        product = torch.einsum("ab,bc->ac", ov, kq)
+        return float(product.pow(2).sum().sqrt() / (ov.pow(2).sum().sqrt() * kq.pow(2).sum().sqrt()))
+    assert l02.check_k_composition(with_einsum).status == PASSED
 
 
 def test_reference_k_composition_matches_the_helper(induction_model):

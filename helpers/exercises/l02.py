@@ -4,7 +4,34 @@ Cases are small seeded tensors built so that each plausible mistake changes the 
 sequences with a token seen twice before (sum the attention on both targets), with the same token
 twice in a row (the query itself is not a target), and with queries that have no earlier copy (they
 do not count); hook_z tensors whose head axis differs in size from the position and d_head axes (a
-wrong axis shows); and weight matrices whose Q-, K- and V-composition scores all differ.
+wrong axis shows); and weight matrices whose Q-, K- and V-composition scores all differ. Mistakes
+each case separates:
+
+induction_score(pattern, tokens)
+  * the copy itself (duplicate-token head) or the token before it instead of the token after it:
+    every case.
+  * every query averaged (queries with no earlier copy counted as 0): the messy and the 3-prompt cases.
+  * the largest target, the mean of the targets or only the most recent copy instead of the sum over
+    all targets: tokens seen three times in the messy case.
+  * the query itself counted as a target (k <= q): a token twice in a row in the messy case.
+  * key 0 counted through a wrap-around (tokens.roll): prompts whose last token appears earlier.
+  * assuming two repeated halves (a fixed offset): the messy and the 3-prompt cases.
+  * no batch mean, only prompt 0, or a mean of per-prompt scores (prompts with different numbers of
+    eligible queries, one with none at all): batches of 2 and 3. Heads vary (2, 3, 4).
+
+zero_head_hook(z, hook, head)
+  * the wrong axis (positions or d_head): every axis has its own size.
+  * a hard-coded head, the last head, or head + 1: heads 1, 2 (the last) and 0 across cases.
+  * only batch item 0 or only the last position zeroed: batches of 2 and 3, 5 to 6 positions.
+  * every head zeroed, only that head kept, mean-ablation instead of zero, or nothing returned
+    (an in-place edit alone): every case.
+
+k_composition(W_V0, W_O0, W_Q1, W_K1)
+  * Q-composition (W_OV @ W_QK) or V-composition shapes; W_K @ W_Q.T in place of W_QK: every case.
+  * no normalisation, spectral norms, a squared ratio: every case.
+  * one argument ignored or used twice (W_Q1 @ W_Q1.T): every case (all four are random and distinct).
+  * an aligned case (the late head's keys read what the early head writes): K-composition 0.60 against
+    a Q-composition of 0.35, so mixing the two up shows there too.
 """
 from __future__ import annotations
 
@@ -62,11 +89,18 @@ def _score_cases() -> list[Case]:
     # several queries have no earlier copy at all.
     messy = torch.tensor([[0, 7, 3, 9, 9, 7, 5, 7, 2, 3, 8, 5],
                           [0, 4, 4, 4, 6, 1, 6, 1, 2, 2, 6, 1]])
+    # Three prompts with 2, 0 and 6 eligible queries, last tokens that appeared before (a wrap-around
+    # to key 0 shows), and a token seen three times.
+    three = torch.tensor([[0, 5, 6, 7, 8, 9, 10, 11, 5, 12, 6],
+                          [0, 1, 2, 3, 4, 13, 14, 15, 16, 17, 18],
+                          [0, 4, 9, 4, 9, 4, 2, 7, 2, 7, 9]])
     cases = []
     for name, tokens, heads, seed, hint in [
         ("BOS + 6 random tokens + the same 6 again, 2 heads", clean, 2, 1, _TARGET),
         ("a batch of 2 with repeats, triple copies and a doubled token, 3 heads", messy, 3, 2,
          f"{_ELIGIBLE} {_SUM} {_SELF}"),
+        ("a batch of 3 prompts with 2, 0 and 6 eligible queries, 4 heads", three, 4, 5,
+         f"{_ELIGIBLE} Pool the eligible queries of all prompts (do not average per prompt first). {_TARGET}"),
     ]:
         pattern = _causal_pattern(tokens.shape[0], heads, tokens.shape[1], seed)
         cases.append(Case(name, (pattern, tokens), reference_induction_score(pattern, tokens), hint))
@@ -78,14 +112,25 @@ _AXIS = ("hook_z is [batch, pos, head, d_head]: the head is axis 2 (z[:, :, head
 _RETURN = "Return the edited tensor (a hook's return value replaces the activation)."
 
 
+def _hook_point(layer: int):
+    """A HookPoint named like the one the hook is registered on (in case the learner reads hook.name)."""
+    from transformer_lens.hook_points import HookPoint
+
+    point = HookPoint()
+    point.name = f"blocks.{layer}.attn.hook_z"
+    return point
+
+
 def _hook_cases() -> list[Case]:
     generator = torch.Generator().manual_seed(3)
     cases = []
     # 5 positions, 4 heads, 3 dims per head: every axis has its own size, so a wrong axis shows.
     for name, shape, head in [("batch 2, 5 positions, 4 heads, d_head 3: zero head 1", (2, 5, 4, 3), 1),
-                              ("batch 1, 6 positions, 3 heads, d_head 2: zero head 2 (the last)", (1, 6, 3, 2), 2)]:
+                              ("batch 1, 6 positions, 3 heads, d_head 2: zero head 2 (the last)", (1, 6, 3, 2), 2),
+                              ("batch 3, 5 positions, 6 heads, d_head 4: zero head 0", (3, 5, 6, 4), 0)]:
         z = torch.randn(*shape, generator=generator)
-        cases.append(Case(name, (z, None), reference_zero_head_hook(z, None, head), f"{_AXIS} {_RETURN}",
+        hook = _hook_point(1)
+        cases.append(Case(name, (z, hook), reference_zero_head_hook(z, hook, head), f"{_AXIS} {_RETURN}",
                           kwargs={"head": head}))
     return cases
 
@@ -102,25 +147,28 @@ def _composition_cases() -> list[Case]:
         weights = tuple(torch.randn(*shape, generator=generator) for shape in
                         [(d_model, d_head), (d_head, d_model), (d_model, d_head), (d_model, d_head)])
         cases.append(Case(name, weights, reference_k_composition(*weights).item(), _KCOMP))
+    # Aligned: the late head's key weights read the directions the early head writes (W_K1 = W_OV.T @ R),
+    # so K-composition (0.60) is well above Q-composition (0.35).
+    W_V0, W_O0 = torch.randn(10, 3, generator=generator), torch.randn(3, 10, generator=generator)
+    W_Q1 = torch.randn(10, 3, generator=generator)
+    W_K1 = (W_V0 @ W_O0).T @ torch.randn(10, 3, generator=generator) * 0.1
+    weights = (W_V0, W_O0, W_Q1, W_K1)
+    cases.append(Case("d_model 10, d_head 3, keys aligned with the early head's output", weights,
+                      reference_k_composition(*weights).item(), _KCOMP))
     return cases
-
-
-SCORE_CASES = _score_cases()
-HOOK_CASES = _hook_cases()
-COMPOSITION_CASES = _composition_cases()
 
 
 def check_induction_score(fn) -> CheckResult:
     """Check a learner's induction_score(pattern, tokens) against the reference."""
-    return check("induction_score", fn, SCORE_CASES, atol=1e-5, rtol=1e-4)
+    return check("induction_score", fn, _score_cases, atol=1e-5, rtol=1e-4)
 
 
 def check_zero_head_hook(fn) -> CheckResult:
     """Check a learner's zero_head_hook(z, hook, head) against the reference."""
     # A TransformerLens hook may edit its activation in place and return it: that is allowed here.
-    return check("zero_head_hook", fn, HOOK_CASES, atol=0.0, rtol=0.0, allow_inplace=("z",))
+    return check("zero_head_hook", fn, _hook_cases, atol=0.0, rtol=0.0, allow_inplace=("z",))
 
 
 def check_k_composition(fn) -> CheckResult:
     """Check a learner's k_composition(W_V0, W_O0, W_Q1, W_K1) against the reference."""
-    return check("k_composition", fn, COMPOSITION_CASES, atol=1e-5, rtol=1e-4)
+    return check("k_composition", fn, _composition_cases, atol=1e-5, rtol=1e-4)
