@@ -50,6 +50,8 @@ TOY_MODELS: dict[str, ToySpec] = {
                 "offsets (a previous-token head and an induction head; lesson 02)."),
         ToySpec("fixed_offset", "The induction model's twin trained with the copy always 20 tokens back "
                 "(learns a positional shortcut instead of induction; lesson 02's pitfall)."),
+        ToySpec("entity_gate", "2-layer model answering entity questions with a fact or 'don't know' "
+                "(a planted known-entity gate that lesson 07 patches to make it hallucinate)."),
         ToySpec("planner", "2-layer model writing an article that agrees with a word it writes later, with "
                 "distractor filler (carries the word from the line break: a plan; lesson 05)."),
         ToySpec("planner_neutral", "The planner's twin with neutral filler (gets every article and word right "
