@@ -348,17 +348,25 @@ class ScoreBook:
         return dict(sorted(scores.items()))
 
 
+def _shown_path(path: Path) -> str:
+    """The path with the home folder written as ~ (shorter, and the same for every learner)."""
+    try:
+        return "~/" + str(path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
 def scores_html(book: ScoreBook) -> str:
     """The per-topic score table as HTML (what the widget shows)."""
     scores = book.topic_scores()
     if not scores:
-        return f"<i>No scores yet. They will be kept in {html.escape(str(book.path))}.</i>"
+        return f"<i>No scores yet. They will be kept in {html.escape(_shown_path(book.path))}.</i>"
     rows = "".join(
         f"<tr><td>{html.escape(topic)}</td><td>{s['questions']}</td><td>{s['attempts']}</td>"
         f"<td>{s['latest']:.0%}</td></tr>" for topic, s in scores.items())
     return ("<table class='interview-scores'><tr><th>topic</th><th>questions</th><th>attempts</th>"
             f"<th>rubric covered (latest)</th></tr>{rows}</table>"
-            f"<div style='font-size: 85%'>Kept in {html.escape(str(book.path))}</div>")
+            f"<div style='font-size: 85%'>Kept in {html.escape(_shown_path(book.path))}</div>")
 
 
 # ----------------------------------------------------------------------------------------------- the widget
