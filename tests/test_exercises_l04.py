@@ -13,6 +13,26 @@ def _raises(*args):
     raise RuntimeError("boom")
 
 
+_BUILT: dict = {}
+
+
+def _built_once(builder):
+    """builder(model), computed once per model: the same cases, without a dozen SmolLM2 reference runs."""
+    def build(model):
+        key = (builder.__name__, id(model))
+        if key not in _BUILT:
+            _BUILT[key] = builder(model)
+        return _BUILT[key]
+    return build
+
+
+@pytest.fixture
+def cases_built_once(monkeypatch):
+    """Reuse the (real) SmolLM2 cases across the many wrong answers; the reference tests build them afresh."""
+    monkeypatch.setattr(l04, "_patch_cases", _built_once(l04._patch_cases))
+    monkeypatch.setattr(l04, "_attribution_cases", _built_once(l04._attribution_cases))
+
+
 def _stub(*args):
     raise NotImplementedError
 
@@ -42,9 +62,59 @@ def test_logit_diff_reference_passes():
     assert l04.check_logit_diff(l04.reference_logit_diff).status == PASSED
 
 
-@pytest.mark.parametrize("wrong", [swapped_answers, first_position, probabilities, summed_not_averaged])
+def absolute_differences(logits, io_ids, s_ids):
+    rows = torch.arange(logits.shape[0])
+    return (logits[rows, -1, io_ids] - logits[rows, -1, s_ids]).abs().mean()
+
+
+def absolute_mean(logits, io_ids, s_ids):
+    return l04.reference_logit_diff(logits, io_ids, s_ids).abs()
+
+
+def second_to_last_position(logits, io_ids, s_ids):
+    rows = torch.arange(logits.shape[0])
+    return (logits[rows, -2, io_ids] - logits[rows, -2, s_ids]).mean()
+
+
+def only_prompt_0(logits, io_ids, s_ids):
+    return logits[0, -1, io_ids[0]] - logits[0, -1, s_ids[0]]
+
+
+def first_prompts_ids_for_all(logits, io_ids, s_ids):
+    return (logits[:, -1, io_ids[0]] - logits[:, -1, s_ids[0]]).mean()
+
+
+def every_prompt_every_id(logits, io_ids, s_ids):
+    return (logits[:, -1][:, io_ids] - logits[:, -1][:, s_ids]).mean()  # [batch, batch], not one id per prompt
+
+
+LOGIT_WRONG = [swapped_answers, first_position, probabilities, summed_not_averaged, absolute_differences,
+               absolute_mean, second_to_last_position, only_prompt_0, first_prompts_ids_for_all, every_prompt_every_id]
+
+
+@pytest.mark.parametrize("wrong", LOGIT_WRONG)
 def test_logit_diff_mistakes_fail(wrong):
     assert l04.check_logit_diff(wrong).status == FAILED, wrong.__name__
+
+
+def test_logit_diff_alternative_answers_pass():
+    def with_gather_and_log_softmax(logits, io_ids, s_ids):
+        # log-softmax subtracts the same constant from both logits, so the difference is unchanged
+        last = logits[:, -1].log_softmax(-1)
+        return (last.gather(1, io_ids[:, None]) - last.gather(1, s_ids[:, None])).mean()
+
+    def with_a_loop_returning_a_float(logits, io_ids, s_ids):
+        total = 0.0
+        for b in range(logits.shape[0]):
+            total += float(logits[b, -1, io_ids[b]] - logits[b, -1, s_ids[b]])
+        return total / logits.shape[0]
+
+    assert l04.check_logit_diff(with_gather_and_log_softmax).status == PASSED
+    assert l04.check_logit_diff(with_a_loop_returning_a_float).status == PASSED
+
+
+def test_logit_diff_has_a_negative_case():
+    assert any(float(case.expected) < 0 for case in l04._logit_cases())
 
 
 def test_logit_diff_stub_and_crash():
@@ -84,20 +154,106 @@ def leaves_hook_on(model, clean, corrupted, metric, layer, pos):
     return l04.reference_patch_resid_pre(model, clean, corrupted, metric, layer, pos)
 
 
+def leaves_a_harmless_hook_on(model, clean, corrupted, metric, layer, pos):
+    """Right number, but the patching hook is added with add_hook and never removed."""
+    name = f"blocks.{layer}.hook_resid_pre"
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean, names_filter=[name])
+        result = l04.reference_patch_resid_pre(model, clean, corrupted, metric, layer, pos)
+    model.add_hook(name, lambda resid, hook: resid)
+    return result
+
+
+def last_position_always(model, clean, corrupted, metric, layer, pos):
+    return _patched(model, clean, corrupted, metric, layer, -1)
+
+
+def clean_into_clean(model, clean, corrupted, metric, layer, pos):
+    return _patched(model, clean, clean, metric, layer, pos)
+
+
+def patches_resid_post(model, clean, corrupted, metric, layer, pos):
+    name = f"blocks.{layer}.hook_resid_post"
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean, names_filter=[name])
+
+        def hook(resid, hook):
+            resid = resid.clone()
+            resid[:, pos] = cache[name][:, pos]
+            return resid
+
+        return metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)]))
+
+
+def layer_ignored(model, clean, corrupted, metric, layer, pos):
+    return _patched(model, clean, corrupted, metric, 0, pos)
+
+
+def patches_only_pair_0(model, clean, corrupted, metric, layer, pos):
+    name = f"blocks.{layer}.hook_resid_pre"
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean, names_filter=[name])
+
+        def hook(resid, hook):
+            resid = resid.clone()
+            resid[0, pos] = cache[name][0, pos]
+            return resid
+
+        return metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)]))
+
+
+def _metric_outside(model):
+    return _built_once(l04.exercise_pairs)(model)[1]
+
+
+def metric_ignored(model, clean, corrupted, metric, layer, pos):
+    # a notebook's own `pair_metric` used instead of the argument
+    return _patched(model, clean, corrupted, _metric_outside(model), layer, pos)
+
+
+PATCH_WRONG = [position_before, every_position, corrupted_into_clean, leaves_a_harmless_hook_on, last_position_always,
+               clean_into_clean, patches_resid_post, layer_ignored, patches_only_pair_0, metric_ignored]
+
+
 def test_patch_reference_passes(smollm2):
     assert l04.check_patch_resid_pre(l04.reference_patch_resid_pre, smollm2).status == PASSED
 
 
-@pytest.mark.parametrize("wrong", [position_before, every_position, corrupted_into_clean])
-def test_patch_mistakes_fail(smollm2, wrong):
+@pytest.mark.parametrize("wrong", PATCH_WRONG)
+def test_patch_mistakes_fail(smollm2, cases_built_once, wrong):
     assert l04.check_patch_resid_pre(wrong, smollm2).status == FAILED, wrong.__name__
 
 
-def test_patch_stub_crash_and_leftover_hooks(smollm2):
+def test_patch_with_a_partial_hook_and_a_context_manager_passes(smollm2, cases_built_once):
+    from functools import partial
+
+    def with_partial(model, clean, corrupted, metric, layer, pos):
+        name = f"blocks.{layer}.hook_resid_pre"
+        _, cache = model.run_with_cache(clean)
+
+        def put_back(resid, hook, source):
+            out = resid.clone()
+            out[:, pos, :] = source[:, pos, :]
+            return out
+
+        with model.hooks(fwd_hooks=[(name, partial(put_back, source=cache[name]))]):
+            logits = model(corrupted)
+        return metric(logits).item()
+
+    assert l04.check_patch_resid_pre(with_partial, smollm2).status == PASSED
+
+
+def test_patch_stub_crash_and_leftover_hooks(smollm2, cases_built_once):
     assert l04.check_patch_resid_pre(_stub, smollm2).status == NOT_IMPLEMENTED
     assert l04.check_patch_resid_pre(_raises, smollm2).status == FAILED
-    l04.check_patch_resid_pre(leaves_hook_on, smollm2)
+    assert l04.check_patch_resid_pre(leaves_hook_on, smollm2).status == FAILED
     # the check removed the learner's stray hook: the reference still passes afterwards
+    assert l04.check_patch_resid_pre(l04.reference_patch_resid_pre, smollm2).status == PASSED
+
+
+def test_a_hook_left_on_is_reported_even_when_the_number_is_right(smollm2, cases_built_once):
+    result = l04.check_patch_resid_pre(leaves_a_harmless_hook_on, smollm2)
+    assert result.status == FAILED and "hook" in result.message
     assert l04.check_patch_resid_pre(l04.reference_patch_resid_pre, smollm2).status == PASSED
 
 
@@ -126,12 +282,92 @@ def test_attribution_reference_passes(smollm2):
     assert l04.check_attribution_patch_resid(l04.reference_attribution_patch_resid, smollm2).status == PASSED
 
 
-@pytest.mark.parametrize("wrong", [flipped_sign, gradient_on_clean])
-def test_attribution_mistakes_fail(smollm2, wrong):
+def _attribution_parts(model, clean, corrupted, metric, site="hook_resid_pre"):
+    """(clean activations, corrupted activations, gradients), each [n_layers, batch, pos, d_model]."""
+    names = [f"blocks.{layer}.{site}" for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean, names_filter=names)
+    saved = {}
+
+    def keeper(name):  # hook.name is the bridge's own name for the point, so key by the name we asked for
+        def keep(resid, hook):
+            saved[name] = resid
+            return resid
+        return keep
+
+    with torch.enable_grad():
+        logits = model.run_with_hooks(corrupted, fwd_hooks=[(name, keeper(name)) for name in names])
+        grads = torch.autograd.grad(metric(logits), [saved[name] for name in names])
+    return (torch.stack([clean_cache[n] for n in names]), torch.stack([saved[n].detach() for n in names]),
+            torch.stack(grads))
+
+
+def attribution_absolute(model, clean, corrupted, metric):
+    return l04.reference_attribution_patch_resid(model, clean, corrupted, metric).abs()
+
+
+def attribution_mean_over_batch(model, clean, corrupted, metric):
+    a, b, g = _attribution_parts(model, clean, corrupted, metric)
+    return ((a - b) * g).sum(-1).mean(1)
+
+
+def attribution_only_pair_0(model, clean, corrupted, metric):
+    a, b, g = _attribution_parts(model, clean, corrupted, metric)
+    return ((a - b) * g)[:, 0].sum(-1)
+
+
+def attribution_gradient_times_clean_only(model, clean, corrupted, metric):
+    a, _, g = _attribution_parts(model, clean, corrupted, metric)
+    return (a * g).sum((1, 3))
+
+
+def attribution_resid_post(model, clean, corrupted, metric):
+    a, b, g = _attribution_parts(model, clean, corrupted, metric, site="hook_resid_post")
+    return ((a - b) * g).sum((1, 3))
+
+
+def attribution_metric_ignored(model, clean, corrupted, metric):
+    return l04.reference_attribution_patch_resid(model, clean, corrupted, _metric_outside(model))
+
+
+def attribution_leaves_hooks(model, clean, corrupted, metric):
+    model.add_hook("blocks.0.hook_resid_pre", lambda resid, hook: resid)
+    return l04.reference_attribution_patch_resid(model, clean, corrupted, metric)
+
+
+ATTRIBUTION_WRONG = [flipped_sign, gradient_on_clean, attribution_absolute, attribution_mean_over_batch,
+                     attribution_only_pair_0, attribution_gradient_times_clean_only, attribution_resid_post,
+                     attribution_metric_ignored, attribution_leaves_hooks]
+
+
+@pytest.mark.parametrize("wrong", ATTRIBUTION_WRONG)
+def test_attribution_mistakes_fail(smollm2, cases_built_once, wrong):
     assert l04.check_attribution_patch_resid(wrong, smollm2).status == FAILED, wrong.__name__
 
 
-def test_attribution_stub_and_crash(smollm2):
+def test_attribution_with_einsum_and_backward_passes(smollm2, cases_built_once):
+    def with_backward(model, clean, corrupted, metric):
+        a, b, _ = _attribution_parts(model, clean, corrupted, metric)
+        names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
+        saved = {}
+
+        def keeper(name):
+            def keep(resid, hook):
+                resid.retain_grad()
+                saved[name] = resid
+                return resid
+            return keep
+
+        with torch.enable_grad():
+            metric(model.run_with_hooks(corrupted, fwd_hooks=[(n, keeper(n)) for n in names])).backward()
+        grads = torch.stack([saved[n].grad for n in names])
+        model.zero_grad(set_to_none=True)
+        return torch.einsum("lbpd,lbpd->lp", a - b, grads)
+
+    assert l04.check_attribution_patch_resid(with_backward, smollm2).status == PASSED
+
+
+def test_attribution_stub_and_crash(smollm2, cases_built_once):
     assert l04.check_attribution_patch_resid(_stub, smollm2).status == NOT_IMPLEMENTED
     assert l04.check_attribution_patch_resid(_raises, smollm2).status == FAILED
 

@@ -4,7 +4,32 @@ Cases are built so that each plausible mistake gives a different answer: random 
 and last positions disagree (reading the wrong position shows) and whose answers are not symmetric
 (swapping them shows); a small IOI batch on the real model where patching the position before S2
 changes nothing, so the wrong position shows, and where running the clean prompt with corrupted
-activations gives a different number from the reverse.
+activations gives a different number from the reverse. Mistakes each case separates:
+
+logit_diff(logits, io_ids, s_ids)
+  * IO and S swapped; position 0 or the second-to-last position instead of the last; probabilities
+    instead of logits; a sum over the batch instead of the mean: every case.
+  * abs() of each difference or of the mean: a batch of 4 whose differences have both signs and a
+    negative mean.
+  * only prompt 0, the same answer id for every prompt, or last[:, io_ids] (a [batch, batch] block):
+    batches of 3 and 4 with different ids per prompt.
+
+patch_resid_pre(model, clean_tokens, corrupted_tokens, metric, layer, pos)
+  * the position before `pos`, every position, or only the last: S2, the token before S2, END.
+  * corrupted patched into clean, or the clean run patched into itself: every case.
+  * resid_post (one block late), or the layer ignored: layers 0, 0, 22 and 12.
+  * only pair 0 patched: every case has two IOI pairs.
+  * the metric ignored (e.g. a metric defined outside the function): the last case uses the raw
+    logit difference instead of the normalised one.
+  * hooks left on the model: reported by the check (the model is in every case's arguments).
+
+attribution_patch_resid(model, clean_tokens, corrupted_tokens, metric)
+  * the sign of (clean - corrupted) flipped, abs(), the gradient taken on the clean run, the gradient
+    times the clean activation alone: every case (the estimates have both signs).
+  * a mean over the batch instead of the sum, or only pair 0: two pairs in every case.
+  * resid_post instead of resid_pre: every case.
+  * the metric ignored: the second case uses the raw logit difference.
+  * hooks left on the model: reported by the check.
 """
 from __future__ import annotations
 
@@ -67,7 +92,12 @@ def reference_attribution_patch_resid(model, clean_tokens: torch.Tensor, corrupt
     return torch.stack(rows)
 
 
+_LOGIT_HINT = ("read the LAST position (logits[:, -1]), subtract the S logit from the IO logit (raw logits, no "
+               "softmax) for each prompt, then average over the batch")
+
+
 def _logit_cases() -> list[Case]:
+    # Expected values are floats, so a 0-d tensor, a Python float or a numpy number all pass.
     gen = torch.Generator().manual_seed(4)
     cases = []
     for name, (batch, pos, vocab) in [("batch of 3, 5 positions, 10-token vocabulary", (3, 5, 10)),
@@ -78,15 +108,24 @@ def _logit_cases() -> list[Case]:
         # The last position prefers IO and position 0 prefers S, so both a swap and a wrong position show.
         logits[torch.arange(batch), -1, io_ids] += 4.0
         logits[torch.arange(batch), 0, s_ids] += 4.0
-        cases.append(Case(name, (logits, io_ids, s_ids), reference_logit_diff(logits, io_ids, s_ids),
-                          hint="read the LAST position (logits[:, -1]), subtract the S logit from the IO logit "
-                               "(raw logits, no softmax) for each prompt, then average over the batch"))
+        cases.append(Case(name, (logits, io_ids, s_ids), float(reference_logit_diff(logits, io_ids, s_ids)),
+                          hint=_LOGIT_HINT))
+    # Four prompts, like corrupted runs: three prefer S at the last position, one prefers IO, so the
+    # per-prompt differences have both signs and the mean is negative.
+    logits = torch.randn(4, 6, 9, generator=gen)
+    io_ids, s_ids = torch.tensor([1, 4, 6, 0]), torch.tensor([3, 2, 8, 5])
+    logits[torch.arange(4), -1, s_ids] += torch.tensor([3.0, 2.0, 4.0, -5.0])
+    cases.append(Case("batch of 4 where the answer is mostly S (a negative difference)", (logits, io_ids, s_ids),
+                      float(reference_logit_diff(logits, io_ids, s_ids)),
+                      hint="keep the sign: a prompt that prefers S has a negative difference, and the mean can be "
+                           "negative. Index each prompt's own ids (last[rows, io_ids] with rows = arange(batch)). "
+                           + _LOGIT_HINT))
     return cases
 
 
 def check_logit_diff(fn: Callable) -> CheckResult:
     """Check logit_diff(logits [batch, pos, vocab], io_ids [batch], s_ids [batch]) -> scalar."""
-    return check("logit_diff", fn, _logit_cases(), atol=1e-5, rtol=1e-4)
+    return check("logit_diff", fn, _logit_cases, atol=1e-5, rtol=1e-4)
 
 
 def exercise_pairs(model) -> tuple[ioi.IOIDataset, Callable]:
@@ -100,36 +139,46 @@ def exercise_pairs(model) -> tuple[ioi.IOIDataset, Callable]:
 
 
 _PATCH_HINT = ("cache the CLEAN run, then run the CORRUPTED tokens with a hook on blocks.{layer}.hook_resid_pre that "
-               "overwrites only position `pos` (resid[:, pos]) with the clean value, and return metric(logits)")
+               "overwrites only position `pos` (resid[:, pos], every prompt of the batch) with the clean value, and "
+               "return metric(logits), using the `metric` you were given")
 
 
 def _patch_cases(model) -> list[Case]:
     pairs, metric = exercise_pairs(model)
     s2 = int(pairs.s2_pos[0])
     end = pairs.clean_tokens.shape[1] - 1
-    args = (model, pairs.clean_tokens, pairs.corrupted_tokens, metric)
+    args = (model, pairs.clean_tokens, pairs.corrupted_tokens)
+    raw = ioi.logit_diff_metric(pairs)
     cases = []
-    for layer, pos, where in [(0, s2, "S2"), (0, s2 - 1, "the token before S2"), (model.cfg.n_layers - 8, end, "END")]:
-        cases.append(Case(f"layer {layer}, position {pos} ({where})", (*args, layer, pos),
-                          float(reference_patch_resid_pre(*args, layer, pos)), hint=_PATCH_HINT))
+    for layer, pos, where, fn, kind in [(0, s2, "S2", metric, "normalised"),
+                                        (0, s2 - 1, "the token before S2", metric, "normalised"),
+                                        (model.cfg.n_layers - 8, end, "END", metric, "normalised"),
+                                        (model.cfg.n_layers // 2 - 3, s2, "S2", raw, "raw logit difference")]:
+        cases.append(Case(f"two IOI pairs, layer {layer}, position {pos} ({where}), {kind} metric",
+                          (*args, fn, layer, pos), float(reference_patch_resid_pre(*args, fn, layer, pos)),
+                          hint=_PATCH_HINT))
     return cases
 
 
 def check_patch_resid_pre(fn: Callable, model) -> CheckResult:
     """Check patch_resid_pre(model, clean_tokens, corrupted_tokens, metric, layer, pos) -> metric value."""
-    return check("patch_resid_pre", fn, _patch_cases(model), atol=1e-3, rtol=1e-3, after_each=model.reset_hooks)
+    return check("patch_resid_pre", fn, lambda: _patch_cases(model), atol=1e-3, rtol=1e-3)
+
+
+_ATTRIBUTION_HINT = ("take the gradient of the metric you were given on the CORRUPTED run with respect to each "
+                     "blocks.{L}.hook_resid_pre, multiply by (clean - corrupted) activations, and sum over the "
+                     "batch and d_model, keeping [layer, pos]")
 
 
 def _attribution_cases(model) -> list[Case]:
     pairs, metric = exercise_pairs(model)
-    args = (model, pairs.clean_tokens, pairs.corrupted_tokens, metric)
-    return [Case("two IOI pairs, every layer and position", args, reference_attribution_patch_resid(*args),
-                 hint="take the gradient of the metric on the CORRUPTED run with respect to each "
-                      "blocks.{L}.hook_resid_pre, multiply by (clean - corrupted) activations, and sum over the "
-                      "batch and d_model, keeping [layer, pos]")]
+    args = (model, pairs.clean_tokens, pairs.corrupted_tokens)
+    raw = ioi.logit_diff_metric(pairs)
+    return [Case(f"two IOI pairs, every layer and position, {kind} metric", (*args, fn),
+                 reference_attribution_patch_resid(*args, fn), hint=_ATTRIBUTION_HINT)
+            for fn, kind in ((metric, "normalised"), (raw, "raw logit difference"))]
 
 
 def check_attribution_patch_resid(fn: Callable, model) -> CheckResult:
     """Check attribution_patch_resid(model, clean_tokens, corrupted_tokens, metric) -> [n_layers, pos]."""
-    return check("attribution_patch_resid", fn, _attribution_cases(model), atol=2e-3, rtol=1e-2,
-                 after_each=model.reset_hooks)
+    return check("attribution_patch_resid", fn, lambda: _attribution_cases(model), atol=2e-3, rtol=1e-2)
