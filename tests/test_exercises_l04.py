@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import ioi
 from helpers.checks import FAILED, NOT_IMPLEMENTED, PASSED
 from helpers.exercises import l04
 from helpers.patching import attribution_patch, residual_sweep
@@ -370,6 +371,14 @@ def test_attribution_with_einsum_and_backward_passes(smollm2, cases_built_once):
 def test_attribution_stub_and_crash(smollm2, cases_built_once):
     assert l04.check_attribution_patch_resid(_stub, smollm2).status == NOT_IMPLEMENTED
     assert l04.check_attribution_patch_resid(_raises, smollm2).status == FAILED
+
+
+def test_raw_metric_case_equals_a_direct_reference_run(smollm2):
+    pairs, _ = l04.exercise_pairs(smollm2)
+    raw_case = l04._attribution_cases(smollm2)[1]
+    direct = l04.reference_attribution_patch_resid(smollm2, pairs.clean_tokens, pairs.corrupted_tokens,
+                                                   ioi.logit_diff_metric(pairs))
+    assert torch.allclose(raw_case.expected, direct, atol=1e-4, rtol=1e-4)
 
 
 def test_attribution_reference_matches_helpers_patching(smollm2):

@@ -128,14 +128,19 @@ def check_logit_diff(fn: Callable) -> CheckResult:
     return check("logit_diff", fn, _logit_cases, atol=1e-5, rtol=1e-4)
 
 
-def exercise_pairs(model) -> tuple[ioi.IOIDataset, Callable]:
-    """Two IOI pairs (different templates, names and orders) and their normalised logit-difference metric."""
+def _pairs_and_gap(model) -> tuple[ioi.IOIDataset, Callable, float]:
     full = ioi.make_dataset(model, n_pairs=2, templates=ioi.TEMPLATES[:2], seed=3)
     pairs = full.subset([0, 7])
     with torch.no_grad():
         clean = ioi.logit_diff(model(pairs.clean_tokens), pairs.io_ids, pairs.s_ids)
         corrupted = ioi.logit_diff(model(pairs.corrupted_tokens), pairs.io_ids, pairs.s_ids)
-    return pairs, ioi.normalized_metric(pairs, clean, corrupted)
+    return pairs, ioi.normalized_metric(pairs, clean, corrupted), float(clean) - float(corrupted)
+
+
+def exercise_pairs(model) -> tuple[ioi.IOIDataset, Callable]:
+    """Two IOI pairs (different templates, names and orders) and their normalised logit-difference metric."""
+    pairs, metric, _ = _pairs_and_gap(model)
+    return pairs, metric
 
 
 _PATCH_HINT = ("cache the CLEAN run, then run the CORRUPTED tokens with a hook on blocks.{layer}.hook_resid_pre that "
@@ -171,12 +176,15 @@ _ATTRIBUTION_HINT = ("take the gradient of the metric you were given on the CORR
 
 
 def _attribution_cases(model) -> list[Case]:
-    pairs, metric = exercise_pairs(model)
+    pairs, metric, gap = _pairs_and_gap(model)
     args = (model, pairs.clean_tokens, pairs.corrupted_tokens)
-    raw = ioi.logit_diff_metric(pairs)
-    return [Case(f"two IOI pairs, every layer and position, {kind} metric", (*args, fn),
-                 reference_attribution_patch_resid(*args, fn), hint=_ATTRIBUTION_HINT)
-            for fn, kind in ((metric, "normalised"), (raw, "raw logit difference"))]
+    normalised = reference_attribution_patch_resid(*args, metric)
+    # raw logit difference = gap * normalised + constant, and the estimate is linear in the metric's
+    # gradient, so the raw metric's estimate is gap * the normalised one (tested against a direct run).
+    return [Case("two IOI pairs, every layer and position, normalised metric", (*args, metric), normalised,
+                 hint=_ATTRIBUTION_HINT),
+            Case("two IOI pairs, every layer and position, raw logit difference metric",
+                 (*args, ioi.logit_diff_metric(pairs)), normalised * gap, hint=_ATTRIBUTION_HINT)]
 
 
 def check_attribution_patch_resid(fn: Callable, model) -> CheckResult:
