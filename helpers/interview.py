@@ -376,6 +376,9 @@ def _seconds(total: int) -> str:
     return f"{total // 60}:{total % 60:02d}"
 
 
+ANY = "any"
+
+
 class Practice:
     """The practice tool's state and logic; `.view` is the ipywidgets view (tests drive the logic without a browser)."""
 
@@ -392,22 +395,23 @@ class Practice:
         self.followed_up = False
         self.mock_scores: list[float] = []
 
-        any_ = [("any", None)]
+        any_ = [("any", ANY)]  # a string, not None: a Dropdown shows None as an empty box
         self.lesson = widgets.Dropdown(description="lesson", options=any_ + [
-            (f"{n} {info['title']}", n) for n, info in self.bank.lessons.items()], value=None)
-        self.kind = widgets.Dropdown(description="kind", options=any_ + [(k, k) for k in KINDS], value=None)
+            (f"{n} {info['title']}", n) for n, info in self.bank.lessons.items()], value=ANY)
+        self.kind = widgets.Dropdown(description="kind", options=any_ + [(k, k) for k in KINDS], value=ANY)
         self.difficulty = widgets.Dropdown(description="difficulty", options=any_ + [(d, d) for d in DIFFICULTIES],
-                                           value=None)
+                                           value=ANY)
         self.count = widgets.HTML()
         self.header = widgets.HTML()
         self.question_html = widgets.HTML(layout=widgets.Layout(max_width="760px"))
         self.answer = widgets.Textarea(placeholder="Write your answer here, as you would say it in the interview.",
                                        layout=widgets.Layout(width="760px", height="120px"))
         self.answer.add_class("interview-answer")
-        self.reveal_button = widgets.Button(description="Reveal rubric", button_style="info")
-        self.evidence_button = widgets.Button(description="Show me the evidence")
-        self.next_button = widgets.Button(description="Next question")
-        self.record_button = widgets.Button(description="Record my score", button_style="success", disabled=True)
+        self.reveal_button = widgets.Button(description="Reveal rubric", button_style="info", layout=widgets.Layout(width="auto"))
+        self.evidence_button = widgets.Button(description="Show me the evidence", layout=widgets.Layout(width="auto"))
+        self.next_button = widgets.Button(description="Next question", layout=widgets.Layout(width="auto"))
+        self.record_button = widgets.Button(description="Record my score", button_style="success", disabled=True,
+                                            layout=widgets.Layout(width="auto"))
         self.checkboxes: list = []
         self.rubric_box = widgets.VBox()
         self.rubric_box.add_class("interview-rubric")
@@ -418,9 +422,11 @@ class Practice:
         self.status.add_class("interview-status")
         self.scores = widgets.HTML(scores_html(self.book))
         self.scores.add_class("interview-score-table")
-        self.mock_size = widgets.BoundedIntText(value=3, min=1, max=20, description="questions")
-        self.mock_minutes = widgets.BoundedIntText(value=4, min=1, max=30, description="min each")
-        self.mock_button = widgets.Button(description="Start mock interview", button_style="warning")
+        self.mock_size = widgets.BoundedIntText(value=3, min=1, max=20, description="questions",
+                                                layout=widgets.Layout(width="160px"))
+        self.mock_minutes = widgets.BoundedIntText(value=4, min=1, max=30, description="min each",
+                                                   layout=widgets.Layout(width="160px"))
+        self.mock_button = widgets.Button(description="Start mock interview", button_style="warning", layout=widgets.Layout(width="auto"))
         self.timer = widgets.Play(value=0, min=0, max=240, interval=1000, show_repeat=False)
         self.clock = widgets.HTML()
         self.follow_up_html = widgets.HTML(layout=widgets.Layout(max_width="760px"))
@@ -459,7 +465,8 @@ class Practice:
         self.timer.playing = False
         self.clock.value = ""
         self.mock_button.description = "Start mock interview"
-        self.matching = filter_questions(self.bank, self.lesson.value, self.kind.value, self.difficulty.value)
+        chosen = [None if box.value == ANY else box.value for box in (self.lesson, self.kind, self.difficulty)]
+        self.matching = filter_questions(self.bank, *chosen)
         self.count.value = f"{len(self.matching)} of {len(self.bank.questions)} questions match"
         self.position = 0
         self.show()
@@ -511,9 +518,12 @@ class Practice:
             return
         self.revealed = True
         self.timer.playing = False
-        self.checkboxes = [widgets.Checkbox(value=False, description=point, indent=False,
-                                            layout=widgets.Layout(width="760px")) for point in question.rubric]
-        self.rubric_box.children = [widgets.HTML("<b>Rubric</b>: tick each point your answer covered.")] + self.checkboxes
+        # The point's text sits beside the box (a Checkbox's own description is cut off when long).
+        self.checkboxes = [widgets.Checkbox(value=False, indent=False, layout=widgets.Layout(width="28px"))
+                           for _ in question.rubric]
+        rows = [widgets.HBox([box, widgets.HTML(html.escape(point), layout=widgets.Layout(max_width="720px"))])
+                for box, point in zip(self.checkboxes, question.rubric)]
+        self.rubric_box.children = [widgets.HTML("<b>Rubric</b>: tick each point your answer covered.")] + rows
         self.record_button.disabled = False
         items = lambda values: "".join(f"<li>{html.escape(v)}</li>" for v in values)
         self.after_html.value = (

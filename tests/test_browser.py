@@ -203,3 +203,78 @@ def test_lesson_01_runs_in_jupyterlab_and_the_explorer_renders(jupyterlab, page)
     tokens.nth(1).hover()
     assert umbrella.evaluate(background) == "rgba(0, 0, 0, 0)"
     assert tokens.nth(0).evaluate(background) != "rgba(0, 0, 0, 0)"
+
+
+INTERVIEW_NOTEBOOK = ROOT / "notebooks" / "09_interview_practice.ipynb"
+INTERVIEW_SCREENSHOT = ROOT / "artifacts" / "interview_practice.png"
+
+
+def test_lesson_09_practice_widget_answer_reveal_tick_and_score_in_jupyterlab(jupyterlab, page):
+    from helpers.interview import load_bank
+
+    folder = jupyterlab[2]
+    scores = folder / "interview_scores.json"
+    nb = nbformat.read(INTERVIEW_NOTEBOOK, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.metadata.pop("widgets", None)
+    # Scores go to a file in the test's folder, never to the learner's own score file.
+    nb.cells.insert(1, nbformat.v4.new_code_cell(f"import os\nos.environ['MICROSCOPE_INTERVIEW_SCORES'] = {str(scores)!r}"))
+    path = folder / "interview.ipynb"
+    nbformat.write(nb, path)
+    _open(page, jupyterlab, path)
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    page.wait_for_function(ALL_CELLS_RUN, timeout=RUN_TIMEOUT_S * 1000, polling=1000)
+    assert page.evaluate(ERRORS) == []
+
+    widget = page.locator(".interview-practice")
+    widget.scroll_into_view_if_needed()
+    assert widget.is_visible() and page.get_by_text("Error displaying widget").count() == 0
+    question = load_bank().questions[0]  # the widget opens on the bank's first question
+    assert widget.get_by_text(question.question).is_visible()
+    widget.locator(".interview-answer textarea").fill("It explains the computation inside the model, e.g. ...")
+    widget.get_by_role("button", name="Reveal rubric").click()
+    boxes = widget.locator(".interview-rubric input[type=checkbox]")
+    boxes.first.wait_for(timeout=30_000)
+    assert boxes.count() == len(question.rubric)
+    boxes.nth(0).check()
+    boxes.nth(2).check()
+    widget.get_by_role("button", name="Record my score").click()
+    status = widget.locator(".interview-status")
+    status.get_by_text(f"Recorded: 2 of {len(question.rubric)} rubric points").wait_for(timeout=30_000)
+    table = widget.locator(".interview-score-table")
+    assert table.get_by_text(question.topic).is_visible()
+    assert table.locator("td", has_text=f"{2 / len(question.rubric):.0%}").count() == 1  # latest share covered
+    attempts = json.loads(scores.read_text())["attempts"]
+    assert [(a["id"], a["covered"]) for a in attempts] == [(question.id, [0, 2])]
+
+    # "Show me the evidence" opens the cited lesson cell in the widget.
+    widget.get_by_role("button", name="Show me the evidence").click()
+    evidence = widget.locator(".interview-evidence")
+    evidence.get_by_text(question.evidence[0].cell, exact=True).first.wait_for(timeout=30_000)
+    assert evidence.locator("pre").count() >= 1
+    INTERVIEW_SCREENSHOT.parent.mkdir(exist_ok=True)
+    widget.screenshot(path=str(INTERVIEW_SCREENSHOT))
+
+
+def test_committed_lesson_08_shows_the_feature_browser_from_saved_widget_state(jupyterlab, page):
+    """Lesson 08's feature browser renders in JupyterLab from the committed notebook: a dropdown and context rows."""
+    folder = jupyterlab[2]
+    source = nbformat.read(ROOT / "notebooks" / "08_features.ipynb", as_version=4)
+    notebook = folder / "features_committed.ipynb"
+    nbformat.write(source, notebook)
+    subprocess.run([sys.executable, "-m", "jupyter", "trust", str(notebook)], env=_env(folder), check=True,
+                   capture_output=True)
+    _open(page, jupyterlab, notebook)
+    browser = page.locator(".feature-browser")
+    browser.wait_for(timeout=60_000)
+    browser.scroll_into_view_if_needed()
+    assert browser.is_visible()
+    assert page.get_by_text("Error displaying widget").count() == 0
+    assert browser.locator("select").count() == 1
+    assert browser.locator("tr.context").count() >= 3
+    assert "promotes" in browser.inner_text()
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    browser.screenshot(path=str(SCREENSHOT.parent / "feature_browser.png"))

@@ -162,6 +162,8 @@ def test_the_widget_starts_on_the_first_question_with_the_rubric_hidden(practice
 
 
 def test_filters_in_the_widget_change_the_questions(practice, bank):
+    assert (practice.lesson.value, practice.kind.value, practice.difficulty.value) == ("any", "any", "any")
+    assert practice.lesson.label == "any"  # shown as a word, not an empty box
     practice.lesson.value = "03"
     practice.kind.value = "trap"
     expected = filter_questions(bank, lesson="03", kind="trap")
@@ -169,6 +171,8 @@ def test_filters_in_the_widget_change_the_questions(practice, bank):
     practice.lesson.value = "08"  # no trap question on lesson 08
     assert practice.matching == [] and practice.current is None
     assert "No question matches" in practice.question_html.value and practice.reveal_button.disabled
+    practice.lesson.value = practice.kind.value = "any"
+    assert practice.matching == list(bank.questions)
 
 
 def test_answer_reveal_tick_record_updates_the_score_table_and_the_file(practice, scores_path):
@@ -178,7 +182,8 @@ def test_answer_reveal_tick_record_updates_the_score_table_and_the_file(practice
         practice.tick(0)
     practice.reveal()
     assert len(practice.checkboxes) == len(question.rubric)
-    assert [box.description for box in practice.checkboxes] == list(question.rubric)
+    shown = [row.children[1].value for row in practice.rubric_box.children[1:]]
+    assert shown == [interview.html.escape(point) for point in question.rubric]
     assert question.model_answer[:40] in practice.after_html.value and question.follow_ups[0][:30] in practice.after_html.value
     practice.tick(0, 2)
     practice.record_button.click()
