@@ -106,7 +106,8 @@ def _notebook_cells(path: Path, cache: dict) -> dict:
     return cache[path]
 
 
-def validate_entry(entry, lessons: dict, topics: tuple[str, ...], root: Path = ROOT, cells: dict | None = None) -> Question:
+def validate_entry(entry, lessons: dict, topics: tuple[str, ...], root: Path = ROOT,
+                   cells: dict | None = None) -> Question:
     """One bank entry as a Question, or an InterviewError naming its id and what is wrong."""
     cells = {} if cells is None else cells
     entry_id = entry.get("id", "<no id>") if isinstance(entry, dict) else "<not an object>"
@@ -159,7 +160,8 @@ def validate_entry(entry, lessons: dict, topics: tuple[str, ...], root: Path = R
         if not lessons[lesson].get("notebook") and lessons[lesson].get("status") != "planned":
             raise _entry_error(entry_id, f"lesson {lesson} has no notebook and is not marked planned")
     if not evidence and not all(lessons[lesson].get("status") == "planned" for lesson in entry["lessons"]):
-        raise _entry_error(entry_id, "cites no cell; only questions on planned lessons may (cite the cells behind the answer)")
+        raise _entry_error(entry_id, "cites no cell; only questions on planned lessons may "
+                                     "(cite the cells behind the answer)")
     return Question(
         id=entry_id, topic=entry["topic"], kind=entry["kind"], difficulty=entry["difficulty"],
         lessons=tuple(entry["lessons"]), evidence=tuple(evidence), question=entry["question"],
@@ -407,11 +409,11 @@ class Practice:
         self.answer = widgets.Textarea(placeholder="Write your answer here, as you would say it in the interview.",
                                        layout=widgets.Layout(width="760px", height="120px"))
         self.answer.add_class("interview-answer")
-        self.reveal_button = widgets.Button(description="Reveal rubric", button_style="info", layout=widgets.Layout(width="auto"))
-        self.evidence_button = widgets.Button(description="Show me the evidence", layout=widgets.Layout(width="auto"))
-        self.next_button = widgets.Button(description="Next question", layout=widgets.Layout(width="auto"))
-        self.record_button = widgets.Button(description="Record my score", button_style="success", disabled=True,
-                                            layout=widgets.Layout(width="auto"))
+        button = lambda label, **style: widgets.Button(description=label, layout=widgets.Layout(width="auto"), **style)
+        self.reveal_button = button("Reveal rubric", button_style="info")
+        self.evidence_button = button("Show me the evidence")
+        self.next_button = button("Next question")
+        self.record_button = button("Record my score", button_style="success", disabled=True)
         self.checkboxes: list = []
         self.rubric_box = widgets.VBox()
         self.rubric_box.add_class("interview-rubric")
@@ -426,7 +428,7 @@ class Practice:
                                                 layout=widgets.Layout(width="160px"))
         self.mock_minutes = widgets.BoundedIntText(value=4, min=1, max=30, description="min each",
                                                    layout=widgets.Layout(width="160px"))
-        self.mock_button = widgets.Button(description="Start mock interview", button_style="warning", layout=widgets.Layout(width="auto"))
+        self.mock_button = button("Start mock interview", button_style="warning")
         self.timer = widgets.Play(value=0, min=0, max=240, interval=1000, show_repeat=False)
         self.clock = widgets.HTML()
         self.follow_up_html = widgets.HTML(layout=widgets.Layout(max_width="760px"))
@@ -527,7 +529,8 @@ class Practice:
         self.record_button.disabled = False
         items = lambda values: "".join(f"<li>{html.escape(v)}</li>" for v in values)
         self.after_html.value = (
-            f"<details open><summary><b>A model answer</b></summary><p>{html.escape(question.model_answer)}</p></details>"
+            "<details open><summary><b>A model answer</b></summary>"
+            f"<p>{html.escape(question.model_answer)}</p></details>"
             f"<details><summary><b>Common wrong answers</b></summary><ul>{items(question.wrong_answers)}</ul></details>"
             f"<p><b>The interviewer follows up</b>:</p><ul>{items(question.follow_ups)}</ul>")
 
@@ -554,7 +557,8 @@ class Practice:
             raise InterviewError("reveal the rubric first (the Reveal rubric button), then tick what you covered")
         for i in indices:
             if not isinstance(i, int) or not 0 <= i < len(self.checkboxes):
-                raise InterviewError(f"rubric point {i!r} does not exist; this question has points 0 to {len(self.checkboxes) - 1}")
+                raise InterviewError(f"rubric point {i!r} does not exist; this question has points 0 to "
+                                     f"{len(self.checkboxes) - 1}")
             self.checkboxes[i].value = True
 
     def record(self) -> dict | None:
@@ -593,7 +597,8 @@ class Practice:
             children.append(widgets.HTML(
                 f"<b>{html.escape(item.notebook)}</b>, cell <code>{html.escape(item.cell)}</code>: "
                 f"{html.escape(item.shows)}"
-                f"<pre style='background: #f4f4f4; max-height: 220px; overflow: auto'>{html.escape(shown['source'])}</pre>"
+                "<pre style='background: #f4f4f4; max-height: 220px; overflow: auto'>"
+                f"{html.escape(shown['source'])}</pre>"
                 + (f"<pre style='max-height: 260px; overflow: auto'>{html.escape(shown['output'])}</pre>"
                    if shown["output"].strip() else "")))
             for image in shown["images"][:1]:

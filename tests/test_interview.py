@@ -144,7 +144,7 @@ def test_evidence_for_a_cell_that_is_gone_is_a_clear_error(tmp_path):
         cell_evidence(Evidence("notebooks/00_ai_microscope.ipynb", "x", "x"), root=tmp_path)
 
 
-# ----------------------------------------------------------------------------------------- the widget, without a browser
+# ------------------------------------------------------------------------------ the widget, without a browser
 
 
 @pytest.fixture
@@ -184,7 +184,8 @@ def test_answer_reveal_tick_record_updates_the_score_table_and_the_file(practice
     assert len(practice.checkboxes) == len(question.rubric)
     shown = [row.children[1].value for row in practice.rubric_box.children[1:]]
     assert shown == [interview.html.escape(point) for point in question.rubric]
-    assert question.model_answer[:40] in practice.after_html.value and question.follow_ups[0][:30] in practice.after_html.value
+    assert question.model_answer[:40] in practice.after_html.value
+    assert question.follow_ups[0][:30] in practice.after_html.value
     practice.tick(0, 2)
     practice.record_button.click()
     assert f"Recorded: 2 of {len(question.rubric)} rubric points" in practice.status.value
