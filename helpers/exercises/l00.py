@@ -13,7 +13,7 @@ top_k_next_tokens(logits, k)
     prefer different tokens); (ids, probs) returned in the wrong order (dtype message).
 
 lens_logits(model, cache, layer)
-  * no ln_final; hook_resid_pre (one block early) or the next block's stream: every case.
+  * no ln_final, or hook_resid_pre (one block early): every case; the next block's stream: layers 0, 1, 14.
   * the first or second-to-last position instead of the last: every case.
   * the layer ignored (hard-coded, or the cached final norm for every layer): layers 0, 1, 14 and 29.
   * only prompt 0 read: a batch of two prompts with different next tokens.

@@ -28,11 +28,11 @@ heldout_probe_accuracy(acts, labels, groups, test_fraction, seed)
     seed twice must give the same accuracy.
 
 selectivity(acts, task_labels, control_labels, train_idx, test_idx)
-  * control probe scored on the training prompts, or fitted on the test prompts; task probe scored on
-    the training prompts; train and test swapped; its own split instead of train_idx / test_idx: every
-    case compares exactly with the reference.
-  * task minus control swapped (sign), or ``abs()`` of the difference: one case has a learnable
-    control task and a random main task, so its selectivity is negative.
+  * control probe scored on the training prompts, or fitted on the test prompts; train and test
+    swapped; its own split instead of train_idx / test_idx: every case (compared exactly with the reference).
+  * task minus control swapped (sign): every case. ``abs()`` of the difference, or the task probe scored
+    on the training prompts: the third case, with a learnable control task and a random main task, so
+    its selectivity is negative.
   * the task labels used for both probes (a typo): every case.
 """
 from __future__ import annotations
