@@ -288,3 +288,15 @@ def test_rank_check_reports_stub_and_crash():
     assert l00.check_rank_neurons(stub).status == NOT_IMPLEMENTED
     result = l00.check_rank_neurons(crashing)
     assert result.status == FAILED and "IndexError" in result.message
+
+
+@pytest.mark.slow
+def test_lens_check_on_a_model_left_broken_gives_a_result_not_a_traceback(smollm2):
+    def broken(resid, hook):
+        raise RuntimeError("a hook an earlier cell forgot")
+    smollm2.add_hook("blocks.0.hook_resid_pre", broken)
+    try:
+        result = l00.check_lens_logits(l00.reference_lens_logits, smollm2)
+    finally:
+        smollm2.reset_hooks()
+    assert result.status == FAILED and "could not build its test cases" in result.message

@@ -386,3 +386,18 @@ def test_attribution_reference_matches_helpers_patching(smollm2):
     ours = l04.reference_attribution_patch_resid(smollm2, pairs.clean_tokens, pairs.corrupted_tokens, metric)
     theirs = attribution_patch(smollm2, pairs.clean_tokens, pairs.corrupted_tokens, metric, sites=("resid_pre",))
     assert torch.allclose(ours, theirs["resid_pre"], atol=1e-4)
+
+
+def _broken_hook(resid, hook):
+    raise RuntimeError("a hook an earlier cell forgot")
+
+
+@pytest.mark.parametrize("checker", [l04.check_patch_resid_pre, l04.check_attribution_patch_resid])
+def test_a_model_left_broken_by_an_earlier_cell_gives_a_result_not_a_traceback(smollm2, checker):
+    smollm2.add_hook("blocks.0.hook_resid_pre", _broken_hook)
+    try:
+        result = checker(l04.reference_patch_resid_pre if checker is l04.check_patch_resid_pre
+                         else l04.reference_attribution_patch_resid, smollm2)
+    finally:
+        smollm2.reset_hooks()
+    assert result.status == FAILED and "could not build its test cases" in result.message
