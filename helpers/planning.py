@@ -255,57 +255,7 @@ def patch_and_write(model, target: torch.Tensor, source: torch.Tensor, layer: in
 
 # ------------------------------------------------------------------------------ offline text
 
-TEXT_PATH = "l05_text.json"
-TEXT_OPENERS = [
-    "The old lighthouse keeper", "On Monday morning the train", "My grandmother's kitchen", "The recipe for bread",
-    "In the middle of the forest", "The city council voted", "When the storm arrived", "Our science teacher explained",
-    "The first thing you notice about Paris", "A good night's sleep", "The football match", "She opened the letter",
-    "The history of the bicycle", "Every spring the river", "The new library", "To plant tomatoes,",
-    "The museum's oldest painting", "He bought a ticket", "The village market", "Cats are curious animals",
-    "The laptop would not start", "During the summer holidays", "The mountain path", "The chef tasted the soup",
-    "Water boils at", "The children built a", "The scientist looked at", "Last year the company",
-    "The moon was full", "A small boat", "The doctor told him", "In the year 1850",
-    "The students waited", "Coffee is grown", "The garden gate", "The orchestra began",
-    "An elephant can", "The recipe calls for an", "The detective noticed", "The first snow of winter",
-]
-
-
-def sample_documents(model, openers: Sequence[str] = TEXT_OPENERS, n_tokens: int = 40, seed: int = 0,
-                     temperature: float = 0.8) -> list[str]:
-    """Continuations of each opener sampled from `model` (temperature sampling, seeded): the lesson's offline text."""
-    generator = torch.Generator().manual_seed(seed)
-    documents = []
-    for opener in openers:
-        tokens = model.to_tokens(opener)
-        with torch.no_grad():
-            for _ in range(n_tokens):
-                logits = model(tokens)[0, -1].float() / temperature
-                token = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator)
-                tokens = torch.cat([tokens, token[None].to(tokens.device)], dim=1)
-        documents.append(model.tokenizer.decode(tokens[0, 1:]))
-    return documents
-
-
-def write_documents(path=None) -> None:
-    """Sample the lesson's text with SmolLM2 (seed 0) and write it, with its origin, to helpers/data/l05_text.json."""
-    import json
-    from pathlib import Path
-
-    from helpers.models import load
-
-    model = load()
-    path = Path(path) if path else Path(__file__).resolve().parent / "data" / TEXT_PATH
-    documents = sample_documents(model)
-    path.write_text(json.dumps({
-        "description": "Offline text for lesson 05's future-lens read-out: each document is an opener written by the "
-                       "project followed by 40 tokens sampled from SmolLM2-135M-Instruct (temperature 0.8, torch "
-                       "generator seed 0, <|endoftext|> first). Recreate with `python -m helpers.planning`.",
-        "documents": documents}, indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote {path} ({len(documents)} documents)")
-
-
-if __name__ == "__main__":
-    write_documents()
+TEXT_PATH = "l05_text.json"  # in helpers/data: the lesson's offline text, written for this project
 
 
 # ----------------------------------------------------------------------------- future lens (lite)

@@ -56,6 +56,11 @@ TOY_MODELS: dict[str, ToySpec] = {
                 "distractor filler (carries the word from the line break: a plan; lesson 05)."),
         ToySpec("planner_neutral", "The planner's twin with neutral filler (gets every article and word right "
                 "without carrying the word: no plan; lesson 05)."),
+        ToySpec("path_star", "3-layer model writing the source-to-goal path of a path-star graph forwards "
+                "(learns the Clever-Hans step and guesses the first node; lesson 05)."),
+        ToySpec("path_star_reverse", "The path-star model with the path written goal-to-source (solves it; lesson 05)."),
+        ToySpec("path_star_teacherless", "The path-star model trained without the previous path node in its input "
+                "(Bachmann & Nagarajan's teacherless fix; lesson 05)."),
     ]
 }
 
