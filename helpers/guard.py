@@ -37,6 +37,14 @@ def _fingerprint(tensor: torch.Tensor) -> float:
         return float(tensor.detach().sum()) if tensor.numel() else 0.0
 
 
+def _lens_name(model: torch.nn.Module, hook_point) -> str | None:
+    """The TransformerLens name a learner would use for a hook point (an alias such as blocks.0.hook_resid_pre
+    rather than the bridge's own blocks.0.hook_in), or its own name."""
+    own = getattr(hook_point, "name", None)
+    aliases = [name for name, point in getattr(model, "hook_dict", {}).items() if point is hook_point and name != own]
+    return aliases[-1] if aliases else own
+
+
 def _module_names(model: torch.nn.Module) -> dict[int, str]:
     return {id(module): name or "the model" for name, module in model.named_modules(remove_duplicate=True)}
 
@@ -82,7 +90,7 @@ class _ModelSnapshot:
                 for handle in [h for h in current if all(h is not b for b in before[direction])]:
                     handle.hook.remove()
                     current.remove(handle)
-                    left.append(getattr(module, "name", None) or names.get(key, "?"))
+                    left.append(_lens_name(model, module) or names.get(key, "?"))
         for key, module in modules.items():
             before = self.hooks.get(key)
             for dict_name in _TORCH_HOOK_DICTS:

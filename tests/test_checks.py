@@ -137,6 +137,14 @@ def test_hooks_left_on_the_model_are_reported_and_removed(prev_token_model):
     assert check("logits", lambda m, t: m(t).detach(), lambda: _model_cases(prev_token_model)).status == PASSED
 
 
+def test_hooks_are_reported_by_the_name_the_learner_used(prev_token_model):
+    def leaves_a_hook(model, tokens):
+        model.add_hook("blocks.0.hook_resid_pre", lambda x, hook: x)
+        return model(tokens).detach()
+    result = check("logits", leaves_a_hook, lambda: _model_cases(prev_token_model))
+    assert "blocks.0.hook_resid_pre" in result.message and _hooks_on(prev_token_model) == 0
+
+
 def test_raw_torch_hooks_are_removed_too(prev_token_model):
     def leaves_a_torch_hook(model, tokens):
         model.blocks[0].register_forward_hook(lambda module, inputs, output: None)
