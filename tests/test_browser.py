@@ -258,3 +258,23 @@ def test_lesson_09_practice_widget_answer_reveal_tick_and_score_in_jupyterlab(ju
     INTERVIEW_SCREENSHOT.parent.mkdir(exist_ok=True)
     widget.screenshot(path=str(INTERVIEW_SCREENSHOT))
 
+
+def test_committed_lesson_08_shows_the_feature_browser_from_saved_widget_state(jupyterlab, page):
+    """Lesson 08's feature browser renders in JupyterLab from the committed notebook: a dropdown and context rows."""
+    folder = jupyterlab[2]
+    source = nbformat.read(ROOT / "notebooks" / "08_features.ipynb", as_version=4)
+    notebook = folder / "features_committed.ipynb"
+    nbformat.write(source, notebook)
+    subprocess.run([sys.executable, "-m", "jupyter", "trust", str(notebook)], env=_env(folder), check=True,
+                   capture_output=True)
+    _open(page, jupyterlab, notebook)
+    browser = page.locator(".feature-browser")
+    browser.wait_for(timeout=60_000)
+    browser.scroll_into_view_if_needed()
+    assert browser.is_visible()
+    assert page.get_by_text("Error displaying widget").count() == 0
+    assert browser.locator("select").count() == 1
+    assert browser.locator("tr.context").count() >= 3
+    assert "promotes" in browser.inner_text()
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    browser.screenshot(path=str(SCREENSHOT.parent / "feature_browser.png"))
