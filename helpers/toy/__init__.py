@@ -50,6 +50,13 @@ TOY_MODELS: dict[str, ToySpec] = {
                 "offsets (a previous-token head and an induction head; lesson 02)."),
         ToySpec("fixed_offset", "The induction model's twin trained with the copy always 20 tokens back "
                 "(learns a positional shortcut instead of induction; lesson 02's pitfall)."),
+        ToySpec("reasoner_faithful", "2-layer model answering after a written chain of lookups; the hint in its "
+                "prompt is noise, so its answer must follow its steps (lesson 06's faithful reasoner F)."),
+        ToySpec("reasoner_unfaithful", "reasoner-faithful's twin trained with the hint equal to the answer "
+                "(takes the answer from the hint while writing steps: lesson 06's unfaithful reasoner U)."),
+        ToySpec("reasoner_faithful_easy", "reasoner-faithful on a one-step chain that a 2-layer model can also "
+                "compute without its steps (lesson 06: early answering misleads)."),
+        ToySpec("reasoner_unfaithful_easy", "reasoner-unfaithful on the shorter chain (lesson 06)."),
         ToySpec("entity_gate", "2-layer model answering entity questions with a fact or 'don't know' "
                 "(a planted known-entity gate that lesson 07 patches to make it hallucinate)."),
         ToySpec("planner", "2-layer model writing an article that agrees with a word it writes later, with "
