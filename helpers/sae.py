@@ -11,6 +11,10 @@ Command line (each step prints a progress bar; the corpus and the weights ship w
     python -m helpers.sae corpus   # sample helpers/data/l08_corpus.json from SmolLM2 (fixed seed)
     python -m helpers.sae train    # collect activations, train both dictionaries, write helpers/data/l08_sae_*.safetensors
 
+Measured on one thread of a busy shared 2-core machine: sampling the corpus 1119 s; collecting the
+34,065 training activations 234 s; training the 4x dictionary 449 s and the 1x one 103 s (each file
+stores its own time and training log in its header; see ``sae_metadata``).
+
 Why not SAELens? It is not installed and the course adds no dependency for one lesson; the SAE
 itself is twenty lines, and writing it in the open is the point of the lesson.
 """
@@ -18,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from helpers import validate
 from helpers.errors import MicroscopeError, ModelUnavailableError, ShapeError
