@@ -42,6 +42,7 @@ def test_ablation_leaves_no_component_along_the_direction_anywhere(prev_token_mo
     assert max(projection(cache[name], direction).abs().max().item() for name in names) > 1e-2
 
 
+@pytest.mark.slow
 def test_ablation_changes_smollm2_only_through_the_direction(smollm2):
     model = smollm2
     tokens = model.to_tokens(["The capital of France is", "One, two, three, four"])
