@@ -33,6 +33,16 @@ TEMPLATES: tuple[str, ...] = (
     "When {A} and {B} arrived at the party, {S} gave a gift to",
     "While {A} and {B} were at the beach, {S} threw a ball to",
 )
+# Seven more templates with the same 15-token layout, never used to choose heads: a held-out test set.
+HELD_OUT_TEMPLATES: tuple[str, ...] = (
+    "When {A} and {B} went to the library, {S} gave a letter to",
+    "After {A} and {B} went to the museum, {S} gave a map to",
+    "When {A} and {B} walked to the station, {S} passed a note to",
+    "While {A} and {B} were in the kitchen, {S} gave a spoon to",
+    "After {A} and {B} arrived at the lake, {S} threw a stick to",
+    "When {A} and {B} sat in the garden, {S} offered a cup to",
+    "When {A} and {B} got to the station, {S} sent a message to",
+)
 NAMES: tuple[str, ...] = (
     "Mary", "John", "Alice", "Bob", "Tom", "James", "Sarah", "Michael", "David", "Emma", "Anna",
     "Paul", "Lisa", "Mark", "Kate", "Peter", "Jane", "Daniel", "Laura", "Chris", "Rachel", "Kevin",
