@@ -1,6 +1,7 @@
 """Interview practice: filtering, the score book that persists across sessions, evidence, and the widget's logic."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -213,12 +214,10 @@ def test_show_me_the_evidence_shows_each_cited_cell(practice, bank):
         assert item.cell in shown and item.shows[:30] in shown
 
 
-def test_a_planned_lesson_question_has_no_evidence_button(practice, bank):
-    practice.lesson.value = "08"
-    planned = next(i for i, q in enumerate(practice.matching) if not q.evidence)
-    practice.position = planned
-    practice.show()
-    assert practice.evidence_button.disabled
+def test_a_question_without_evidence_has_no_evidence_button(bank, scores_path):
+    planned = dataclasses.replace(bank.questions[0], id="planned", evidence=())
+    practice = Practice(dataclasses.replace(bank, questions=(planned,)), scores_path)
+    assert practice.current == planned and practice.evidence_button.disabled
 
 
 def test_a_mock_interview_is_timed_follows_up_and_ends_with_a_summary(practice, bank, scores_path):

@@ -122,10 +122,17 @@ def test_a_critique_item_without_its_claim_fails(tmp_path):
 
 def test_a_written_lesson_question_must_cite_a_cell_but_a_planned_one_need_not(tmp_path):
     data = copy.deepcopy(RAW)
-    planned = next(e for e in data["questions"] if all(data["lessons"][n]["status"] == "planned" for n in e["lessons"]))
-    assert planned["evidence"] == []
+    data["lessons"]["10"] = {"title": "A lesson not written yet", "notebook": None, "status": "planned"}
+    planned = copy.deepcopy(data["questions"][0])
+    planned.update(id="on-a-planned-lesson", lessons=["10"], evidence=[])
+    data["questions"].append(planned)
+    assert load_bank(_write(tmp_path, data)).get("on-a-planned-lesson").evidence == ()
     planned["lessons"] = ["02"]  # now it claims a written lesson without citing it
-    with pytest.raises(InterviewError, match=rf"'{planned['id']}'.*lesson 02, which is written, but cites none"):
+    with pytest.raises(InterviewError, match=r"'on-a-planned-lesson'.*lesson 02, which is written, but cites none"):
+        load_bank(_write(tmp_path, data))
+    planned["lessons"] = ["10"]
+    data["lessons"]["10"]["status"] = "written"  # written, yet without a notebook
+    with pytest.raises(InterviewError, match=r"'on-a-planned-lesson'.*lesson 10 has no notebook and is not marked planned"):
         load_bank(_write(tmp_path, data))
 
 
