@@ -105,7 +105,10 @@ def activations_at(model, prompts: Sequence[str], hook_names: Sequence[str], off
     """
     from helpers.tokens import check_hook_name
 
-    names = [check_hook_name(model, name) for name in hook_names]
+    from helpers import validate
+
+    batch_size = validate.positive_int(batch_size, "batch_size")
+    names = [check_hook_name(model, name) for name in validate.strings(hook_names, "hook_names")]
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise PromptError("activations_at needs a non-empty list of non-empty prompt strings.")

@@ -160,6 +160,8 @@ SMOLLM2_ERRORS = [
      "batch_size"),
     ("widgets: head out of range", lambda m: __import__("helpers.widgets").widgets.attention_explorer(m, "a cat sat", 0, 12),
      "head"),
+    ("failures: batch_size 0", lambda m: __import__("helpers.failures").failures.activations_at(
+        m, ["a cat"], ["blocks.0.hook_resid_post"], batch_size=0), "batch_size"),
     ("neurons: misspelt hook", lambda m: neurons.top_activating_tokens(m, ["a cat"], "blocks.0.mlp.hook_postt", 3), "closest"),
     ("neurons: neuron out of range", lambda m: neurons.top_activating_tokens(m, ["a cat"], "blocks.0.mlp.hook_post", 99999),
      "neuron"),
