@@ -18,9 +18,10 @@ corrupted metric means it carries most of it. The key and value inputs of a grou
 (SmolLM2: 9 query heads share 3 key/value heads) belong to a key/value head: patching head h's keys
 patches them for every query head in its group, and the functions here say so by name.
 
-`path_patch` batches the senders as rows of one batch (two forward passes per chunk);
-`path_patch_reference` does the same thing one sender at a time with plain hooks, and the tests hold
-the two equal.
+`path_patch` batches the senders as rows of one batch (two passes per chunk, each replaying only the
+blocks and positions a path can change); `path_patch_each_receiver` sends one head's path into many
+receivers one at a time (where does this head's effect go?); `path_patch_reference` does the same
+thing one sender at a time with plain hooks and full forward passes, and the tests hold them equal.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from helpers import validate
 from helpers.errors import MicroscopeError, scalar_metric
+from helpers import patching as _patching
 
 Head = tuple[int, int]
 Metric = Callable[[torch.Tensor], torch.Tensor]
@@ -49,9 +51,7 @@ def kv_head(model, head: int) -> int:
 
 
 def _check(model, clean, corrupted, senders, receivers, receiver_input):
-    from helpers.patching import _check_tokens
-
-    clean, corrupted = _check_tokens(model, clean, corrupted)
+    clean, corrupted = _patching._check_tokens(model, clean, corrupted)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     with validate.reraise_as(PathPatchingError):
         senders = validate.head_list(senders, "senders", n_layers, n_heads)
@@ -88,58 +88,162 @@ def path_patch(model, clean_tokens, corrupted_tokens, metric: Metric, senders: S
 
     receivers: "logits", or (layer, head) pairs whose `receiver_input` ("q", "k" or "v") receives the path.
     batch_size: senders run together per chunk (each takes as many rows as there are prompt pairs).
+
+    Work a path cannot change is skipped, as in `helpers.patching`'s sweeps: the frozen run starts at
+    the chunk's lowest sender layer and stops after the receivers' layers; the receiving run starts at
+    the receivers' lowest layer; positions before the first token where clean and corrupted prompts
+    differ are taken from the clean run; only the positions the metric reads are unembedded. A model
+    whose blocks cannot be replayed this way runs every pass in full (the same numbers, slower).
     """
     clean, corrupted, senders, receivers, receiver_input = _check(
         model, clean_tokens, corrupted_tokens, senders, receivers, receiver_input)
     with validate.reraise_as(PathPatchingError):
         batch_size = validate.positive_int(batch_size, "batch_size", allow_none=True) or len(senders)
-    names = _z_names(model)
-    with torch.no_grad():
-        _, clean_cache = model.run_with_cache(clean, names_filter=names)
-        _, corrupted_cache = model.run_with_cache(corrupted, names_filter=names)
-    batch = clean.shape[0]
+    setup = _setup(model, clean, corrupted, metric)
     slots = None if receivers == "logits" else _receiver_slots(model, receivers, receiver_input)
-    values = []
-    chunks = [senders[i:i + batch_size] for i in range(0, len(senders), batch_size)]
+    receiver_layers = [] if slots is None else sorted(int(name.split(".")[1]) for name in slots)
+    order = sorted(range(len(senders)), key=lambda i: senders[i][0])
+    values = torch.full((len(senders),), float("nan"))
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for chunk in tqdm(chunks, desc="path patching", disable=not progress or len(chunks) < 2, leave=False):
-        n = len(chunk)
+        out = _run(setup, [senders[i] for i in chunk], slots, receiver_layers)
+        values[torch.tensor(chunk)] = torch.stack([v.detach().float().cpu() for v in out])
+    return values
 
-        # Hooks are bound to the names asked for: TransformerLens may report an alias's canonical name.
-        def freezer(name: str, layer: int, chunk=chunk, n=n):
-            def freeze(z, hook):
-                frozen = clean_cache[name].repeat(n, 1, 1, 1)
-                for v, (sender_layer, head) in enumerate(chunk):
-                    if sender_layer == layer:
-                        frozen[v * batch:(v + 1) * batch, :, head] = corrupted_cache[name][:, :, head]
-                return frozen
-            return freeze
-        freeze_hooks = [(name, freezer(name, layer)) for layer, name in enumerate(names)]
 
-        rows = clean.repeat(n, 1)
-        with torch.no_grad():
-            if slots is None:
-                logits = model.run_with_hooks(rows, fwd_hooks=freeze_hooks)
-            else:
-                recorded: dict[str, torch.Tensor] = {}
+def path_patch_each_receiver(model, clean_tokens, corrupted_tokens, metric: Metric, sender: Head,
+                             receivers: Sequence[Head], receiver_input: str = "q", *,
+                             progress: bool = True) -> torch.Tensor:
+    """Metric with one sender's path into each receiver's `receiver_input`, one receiver at a time: [len(receivers)].
 
-                def recorder(name: str):
-                    def record(act, hook):
-                        recorded[name] = act.detach().clone()
-                        return act
-                    return record
-                model.run_with_hooks(rows, fwd_hooks=freeze_hooks + [(name, recorder(name)) for name in slots])
-
-                def replacer(name: str):
-                    def replace(act, hook):
-                        act = act.clone()
-                        act[:, :, slots[name]] = recorded[name][:, :, slots[name]]
-                        return act
-                    return replace
-                logits = model.run_with_hooks(rows, fwd_hooks=[(name, replacer(name)) for name in slots])
-        for v in range(n):
-            values.append(scalar_metric(metric, logits[v * batch:(v + 1) * batch], PathPatchingError,
-                                        run="path-patched run").detach().float().cpu())
+    The same number as `path_patch(..., [sender], [receiver], receiver_input)` for each receiver, with
+    the caches built once: a sweep of where one head's effect goes.
+    """
+    clean, corrupted, senders, receivers, receiver_input = _check(
+        model, clean_tokens, corrupted_tokens, [sender], receivers, receiver_input)
+    setup = _setup(model, clean, corrupted, metric)
+    values = []
+    for receiver in tqdm(receivers, desc="path patching", disable=not progress, leave=False):
+        slots = _receiver_slots(model, [receiver], receiver_input)
+        out = _run(setup, senders, slots, [receiver[0]])
+        values.append(out[0].detach().float().cpu())
     return torch.stack(values)
+
+
+def _setup(model, clean: torch.Tensor, corrupted: torch.Tensor, metric: Metric) -> dict:
+    """Caches every path-patched run reuses: clean and corrupted head outputs, the clean residual
+    stream and logits, the block replayer and the positions the metric reads."""
+    names = _z_names(model)
+    n_layers = model.cfg.n_layers
+    batch, n_pos = clean.shape
+    replayer = _patching._Replay(model, batch, n_pos)
+    replayer.capture()
+    try:
+        with torch.no_grad():
+            clean_logits, clean_cache = model.run_with_cache(
+                clean, names_filter=names + [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)])
+    finally:
+        replayer.release()
+    with torch.no_grad():
+        _, corrupted_cache = model.run_with_cache(corrupted, names_filter=names)
+        clean_value = scalar_metric(metric, clean_logits, PathPatchingError, run="clean run")
+        # also records the clean run's keys and values: the prefix every suffix run attends to
+        mode = _patching._replay_mode(replayer, clean_cache, clean_logits, getattr(model.cfg, "attention_dir", "causal") == "causal")
+    start = min(_patching._first_difference(clean, corrupted), n_pos - 1) if mode == "suffix" else 0
+    read = _patching._positions_read(metric, clean_logits, clean_value) if mode != "full" else list(range(n_pos))
+    return dict(model=model, clean=clean, replayer=replayer, clean_cache=clean_cache, corrupted_cache=corrupted_cache,
+                clean_logits=clean_logits, metric=metric, mode=mode, start=start, read=read)
+
+
+def _run(setup: dict, senders: Sequence[Head], slots, receiver_layers) -> list[torch.Tensor]:
+    with torch.no_grad():
+        if setup["mode"] == "full":
+            return _full_chunk(setup["model"], setup["clean"], setup["clean_cache"], setup["corrupted_cache"],
+                               setup["metric"], senders, slots)
+        return _replay_chunk(setup["replayer"], setup["clean_cache"], setup["corrupted_cache"], setup["clean_logits"],
+                             setup["metric"], senders, slots, receiver_layers, setup["start"], setup["read"])
+
+
+def _freeze_hooks(layers: Sequence[int], clean_cache, corrupted_cache, chunk: Sequence[Head], batch: int, start: int):
+    """hook_z hooks on `layers`: every head at its clean output, except each variant's sender (corrupted output)."""
+    n = len(chunk)
+
+    def freezer(name: str, layer: int):
+        def freeze(z, hook):
+            frozen = clean_cache[name][:, start:].repeat(n, 1, 1, 1)
+            for v, (sender_layer, head) in enumerate(chunk):
+                if sender_layer == layer:
+                    frozen[v * batch:(v + 1) * batch, :, head] = corrupted_cache[name][:, start:, head]
+            return frozen
+        return freeze
+    # Hooks are bound to the names asked for: TransformerLens may report an alias's canonical name.
+    return [(name, freezer(name, layer)) for layer, name in ((layer, f"blocks.{layer}.attn.hook_z") for layer in layers)]
+
+
+def _recorders(slots, recorded: dict):
+    def recorder(name: str):
+        def record(act, hook):
+            recorded[name] = act.detach().clone()
+            return act
+        return record
+    return [(name, recorder(name)) for name in slots]
+
+
+def _replacers(slots, recorded: dict):
+    def replacer(name: str):
+        def replace(act, hook):
+            act = act.clone()
+            act[:, :, slots[name]] = recorded[name][:, :, slots[name]]
+            return act
+        return replace
+    return [(name, replacer(name)) for name in slots]
+
+
+def _full_chunk(model, clean, clean_cache, corrupted_cache, metric, chunk, slots) -> list[torch.Tensor]:
+    """Two full forward passes for a chunk of senders (the fallback engine)."""
+    n, batch = len(chunk), clean.shape[0]
+    freeze = _freeze_hooks(range(model.cfg.n_layers), clean_cache, corrupted_cache, chunk, batch, 0)
+    rows = clean.repeat(n, 1)
+    if slots is None:
+        logits = model.run_with_hooks(rows, fwd_hooks=freeze)
+    else:
+        recorded: dict[str, torch.Tensor] = {}
+        model.run_with_hooks(rows, fwd_hooks=freeze + _recorders(slots, recorded))
+        logits = model.run_with_hooks(rows, fwd_hooks=_replacers(slots, recorded))
+    return [scalar_metric(metric, logits[v * batch:(v + 1) * batch], PathPatchingError, run="path-patched run")
+            for v in range(n)]
+
+
+def _replay_chunk(replayer, clean_cache, corrupted_cache, clean_logits, metric, chunk, slots, receiver_layers,
+                  start: int, read: list[int]) -> list[torch.Tensor]:
+    """The same two passes, replaying blocks from the lowest layer and position a path can change."""
+    model, batch = replayer.model, replayer.batch
+    n_layers, n = len(model.blocks), len(chunk)
+    first = chunk[0][0]  # chunks are sorted by sender layer
+    last = n_layers if slots is None else receiver_layers[-1] + 1
+    x = clean_cache[f"blocks.{first}.hook_resid_pre"][:, start:].repeat(n, 1, 1)
+    recorded: dict[str, torch.Tensor] = {}
+    hooks = _freeze_hooks(range(first, last), clean_cache, corrupted_cache, chunk, batch, start)
+    if slots is not None:
+        hooks += _recorders(slots, recorded)
+    with model.hooks(fwd_hooks=hooks):
+        for layer in range(first, last):
+            x = replayer.block(layer, x, start)
+    if slots is not None:
+        entry = receiver_layers[0]
+        x = clean_cache[f"blocks.{entry}.hook_resid_pre"][:, start:].repeat(n, 1, 1)
+        with model.hooks(fwd_hooks=_replacers(slots, recorded)):
+            for layer in range(entry, n_layers):
+                x = replayer.block(layer, x, start)
+    computed = [q for q in read if q >= start]
+    fresh = replayer.logits(x[:, [q - start for q in computed]])
+    out = []
+    for v in range(n):
+        logits = clean_logits.new_full(clean_logits.shape, float("nan"))
+        logits[:, [q for q in read if q < start]] = clean_logits[:, [q for q in read if q < start]]
+        logits[:, computed] = fresh[v * batch:(v + 1) * batch]
+        out.append(scalar_metric(metric, logits, PathPatchingError, run="path-patched run"))
+    return out
 
 
 def path_patch_reference(model, clean_tokens, corrupted_tokens, metric: Metric, senders: Sequence[Head],

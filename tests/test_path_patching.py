@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from helpers.errors import MicroscopeError
-from helpers.path_patching import (PathPatchingError, kv_head, path_patch, path_patch_reference,
-                                   path_patch_sweep)
+from helpers.path_patching import (PathPatchingError, kv_head, path_patch, path_patch_each_receiver,
+                                   path_patch_reference, path_patch_sweep)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,31 @@ def test_path_to_logits_equals_the_reference_and_the_sweep(toy, toy_pair):
     assert torch.allclose(fast, path_patch_reference(toy, clean, corrupted, metric, senders, "logits"), atol=1e-5)
     grid = path_patch_sweep(toy, clean, corrupted, metric, "logits", progress=False)
     assert torch.allclose(grid.flatten(), fast, atol=1e-5)
+
+
+def test_the_full_pass_fallback_gives_the_same_numbers(toy, toy_pair, monkeypatch):
+    """A model whose blocks cannot be replayed runs every pass in full; the numbers must not change."""
+    import helpers.patching
+
+    clean, corrupted, metric = toy_pair
+    args = (toy, clean, corrupted, metric, [(0, 0), (0, 1)], [(1, 0)], "k")
+    replayed = path_patch(*args, progress=False)
+    monkeypatch.setattr(helpers.patching, "_replay_mode", lambda *a: "full")
+    assert torch.allclose(path_patch(*args, progress=False), replayed, atol=1e-5)
+    assert torch.allclose(path_patch(*args[:5], "logits", progress=False),
+                          path_patch_reference(*args[:5], "logits"), atol=1e-5)
+
+
+@pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
+def test_each_receiver_equals_one_path_patch_per_receiver(toy, toy_pair, receiver_input):
+    clean, corrupted, metric = toy_pair
+    receivers = [(1, 0), (1, 1)]
+    each = path_patch_each_receiver(toy, clean, corrupted, metric, (0, 1), receivers, receiver_input, progress=False)
+    one_by_one = torch.cat([path_patch_reference(toy, clean, corrupted, metric, [(0, 1)], [r], receiver_input)
+                            for r in receivers])
+    assert torch.allclose(each, one_by_one, atol=1e-5)
+    with pytest.raises(PathPatchingError, match="layer before"):
+        path_patch_each_receiver(toy, clean, corrupted, metric, (1, 0), [(1, 1)], receiver_input)
 
 
 def test_the_previous_token_head_reaches_the_induction_heads_through_their_keys(toy, toy_pair):
@@ -102,8 +127,14 @@ def test_batched_equals_reference_on_smollm2_ioi(smollm2):
 
     data = make_dataset(smollm2, n_pairs=1)
     metric = logit_diff_metric(data)
-    senders = [(17, 4), (10, 7)]
-    args = (smollm2, data.clean_tokens, data.corrupted_tokens, metric, senders, [(20, 0), (23, 3)], "v")
-    fast = path_patch(*args, progress=False)
-    slow = path_patch_reference(*args)
-    assert torch.allclose(fast, slow, atol=1e-4)
+    senders = [(17, 4), (10, 7), (21, 2)]
+    for receivers, kind in (([(22, 0), (23, 3)], "v"), ([(23, 0)], "q"), ("logits", "q")):
+        args = (smollm2, data.clean_tokens, data.corrupted_tokens, metric, senders, receivers, kind)
+        fast = path_patch(*args, progress=False)
+        slow = path_patch_reference(*args)
+        assert torch.allclose(fast, slow, atol=1e-4), (receivers, kind)
+    each = path_patch_each_receiver(smollm2, data.clean_tokens, data.corrupted_tokens, metric, (20, 0),
+                                    [(23, 3), (24, 4)], "q", progress=False)
+    slow = torch.cat([path_patch_reference(smollm2, data.clean_tokens, data.corrupted_tokens, metric, [(20, 0)], [r], "q")
+                      for r in [(23, 3), (24, 4)]])
+    assert torch.allclose(each, slow, atol=1e-4)
