@@ -190,104 +190,159 @@ def test_lens_check_reports_stub_and_crash(smollm2):
     assert l00.check_lens_logits(crashing, smollm2).status == FAILED
 
 
-# --- rank_neurons --------------------------------------------------------------------------------
+# --- record_and_set (needs the model: a few short forward passes) ----------------------------------
 
-def _pool(acts, start=1):
-    return torch.cat([a[start:] for a in acts]).mean(0)
+def _run_set(model, tokens, hook_name, edit):
+    recorded = []
 
+    def hook(post, hook):
+        recorded.append(post.clone())
+        return edit(post.clone())
 
-def _top(scores, k):
-    values, ids = scores.topk(k)
-    return ids, values
-
-
-def rank_by_concept_only(concept, control, k):
-    return _top(_pool(concept), k)
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+    return recorded[0], logits
 
 
-def rank_by_absolute_difference(concept, control, k):
-    diff = _pool(concept) - _pool(control)
-    ids = diff.abs().topk(k).indices
-    return ids, diff[ids]
+def set_records_after_the_edit(model, tokens, layer, neuron, value):
+    def hook(post, hook):
+        post = post.clone()
+        post[:, :, neuron] = value
+        seen.append(post[:, :, neuron].clone())
+        return post
+    seen = []
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", hook)])
+    return seen[0], logits
 
 
-def rank_with_bos(concept, control, k):
-    return _top(_pool(concept, 0) - _pool(control, 0), k)
+def set_only_the_last_position(model, tokens, layer, neuron, value):
+    def edit(post):
+        post[:, -1, neuron] = value
+        return post
+    recorded, logits = _run_set(model, tokens, f"blocks.{layer}.mlp.hook_post", edit)
+    return recorded[:, :, neuron], logits
 
 
-def rank_flipped_sign(concept, control, k):
-    return _top(_pool(control) - _pool(concept), k)
+def set_at_hook_pre(model, tokens, layer, neuron, value):
+    def edit(post):
+        post[:, :, neuron] = value
+        return post
+    recorded, logits = _run_set(model, tokens, f"blocks.{layer}.mlp.hook_pre", edit)
+    return recorded[:, :, neuron], logits
 
 
-def rank_mean_of_sentence_means(concept, control, k):
-    means = lambda acts: torch.stack([a[1:].mean(0) for a in acts]).mean(0)  # noqa: E731
-    return _top(means(concept) - means(control), k)
+def set_ignores_value(model, tokens, layer, neuron, value):
+    def edit(post):
+        post[:, :, neuron] = 0.0
+        return post
+    recorded, logits = _run_set(model, tokens, f"blocks.{layer}.mlp.hook_post", edit)
+    return recorded[:, :, neuron], logits
 
 
-def rank_correct_with_sorted_argsort(concept, control, k):
-    diff = _pool(concept) - _pool(control)
-    ids = diff.argsort(descending=True)[:k]
-    return ids, diff[ids]
+def set_only_prompt_0(model, tokens, layer, neuron, value):
+    def edit(post):
+        post[0, :, neuron] = value
+        return post
+    recorded, logits = _run_set(model, tokens, f"blocks.{layer}.mlp.hook_post", edit)
+    return recorded[:, :, neuron], logits
 
 
-def rank_first_sentence_only(concept, control, k):
-    return _top(concept[0][1:].mean(0) - control[0][1:].mean(0), k)
+def set_and_leave_the_hook_on(model, tokens, layer, neuron, value):
+    seen = []
+
+    def hook(post, hook):
+        seen.append(post[:, :, neuron].clone())
+        post = post.clone()
+        post[:, :, neuron] = value
+        return post
+    model.add_hook(f"blocks.{layer}.mlp.hook_post", hook)
+    logits = model(tokens)
+    return seen[0], logits
 
 
-def rank_bos_dropped_once(concept, control, k):
-    return _top(torch.cat(concept)[1:].mean(0) - torch.cat(control)[1:].mean(0), k)
+SET_WRONG = [set_records_after_the_edit, set_only_the_last_position, set_at_hook_pre, set_ignores_value,
+             set_only_prompt_0, set_and_leave_the_hook_on]
 
 
-def rank_drops_last_token(concept, control, k):
-    pool = lambda acts: torch.cat([a[:-1] for a in acts]).mean(0)  # noqa: E731
-    return _top(pool(concept) - pool(control), k)
+@pytest.mark.slow
+@pytest.mark.parametrize("wrong", SET_WRONG)
+def test_record_and_set_check_catches_mistakes(smollm2, wrong):
+    result = l00.check_record_and_set(wrong, smollm2)
+    assert result.status == FAILED, result
+    assert not smollm2.hook_dict["blocks.25.mlp.hook_post"].fwd_hooks  # the check removed a hook left on
 
 
-def rank_worst_first(concept, control, k):
-    diff = _pool(concept) - _pool(control)
-    values, ids = diff.topk(k, largest=False)
-    return ids, values
+@pytest.mark.slow
+def test_record_and_set_check_passes_reference_and_a_context_manager_answer(smollm2):
+    def with_hooks_context(model, tokens, layer, neuron, value):
+        seen = {}
+
+        def hook(post, hook):
+            seen["acts"] = post[..., neuron].clone()
+            post = post.clone()
+            post[..., neuron] = value
+            return post
+        with model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", hook)]):
+            logits = model(tokens)
+        return seen["acts"], logits
+
+    assert l00.check_record_and_set(l00.reference_record_and_set, smollm2).status == PASSED
+    assert l00.check_record_and_set(with_hooks_context, smollm2).status == PASSED
+    assert l00.check_record_and_set(stub, smollm2).status == NOT_IMPLEMENTED
 
 
-def rank_ignores_k(concept, control, k):
-    return _top(_pool(concept) - _pool(control), 2)
+# --- find_concept_neuron: the named neuron is tested on held-out sentences -----------------------
+
+def _grids(model, concept, control):
+    from helpers.neurons import collect_activations, mlp_hook
+    hooks = [mlp_hook(layer) for layer in range(model.cfg.n_layers)]
+    on, off = collect_activations(model, concept, hooks), collect_activations(model, control, hooks)
+    pooled_on = [torch.cat([a[1:] for a in on[h]]) for h in hooks]
+    pooled_off = [torch.cat([a[1:] for a in off[h]]) for h in hooks]
+    return pooled_on, pooled_off
 
 
-def rank_scores_first(concept, control, k):
-    ids, values = _top(_pool(concept) - _pool(control), k)
-    return values, ids
+def _argmax(grid):
+    flat = int(grid.flatten().argmax())
+    return flat // grid.shape[1], flat % grid.shape[1]
 
 
-RANK_WRONG = [rank_by_concept_only, rank_by_absolute_difference, rank_with_bos, rank_flipped_sign,
-              rank_mean_of_sentence_means, rank_first_sentence_only, rank_bos_dropped_once, rank_drops_last_token,
-              rank_worst_first, rank_ignores_k, rank_scores_first]
+def find_by_raw_difference(model, concept, control):
+    """A correct route the lesson did not show: unstandardised differences (here it picks layer-29 neurons)."""
+    on, off = _grids(model, concept, control)
+    return _argmax(torch.stack([a.mean(0) - b.mean(0) for a, b in zip(on, off)]))
 
 
-@pytest.mark.parametrize("wrong", RANK_WRONG)
-def test_rank_check_catches_mistakes(wrong):
-    result = l00.check_rank_neurons(wrong)
+def find_by_concept_mean_only(model, concept, control):
+    on, _ = _grids(model, concept, control)
+    return _argmax(torch.stack([a.mean(0) for a in on]))
+
+
+def find_with_the_sign_flipped(model, concept, control):
+    on, off = _grids(model, concept, control)
+    return _argmax(torch.stack([b.mean(0) - a.mean(0) for a, b in zip(on, off)]))
+
+
+def find_the_lessons_neuron(model, concept, control):
+    return 25, 1418
+
+
+def find_not_a_pair(model, concept, control):
+    return 1418
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wrong", [find_by_concept_mean_only, find_with_the_sign_flipped, find_the_lessons_neuron,
+                                   find_not_a_pair])
+def test_find_concept_neuron_check_rejects_neurons_that_fail_on_held_out_text(smollm2, wrong):
+    result = l00.check_find_concept_neuron(wrong, smollm2)
     assert result.status == FAILED, result
 
 
-def rank_correct_with_sums_and_counts(concept, control, k):
-    def mean(acts):
-        total = sum(a[1:].sum(0) for a in acts)
-        return total / sum(len(a) - 1 for a in acts)
-    diff = mean(concept) - mean(control)
-    ids = sorted(range(len(diff)), key=lambda i: -float(diff[i]))[:k]
-    return torch.tensor(ids), diff[ids]
-
-
-def test_rank_check_passes_reference_and_an_equivalent_answer():
-    assert l00.check_rank_neurons(l00.reference_rank_neurons).status == PASSED
-    assert l00.check_rank_neurons(rank_correct_with_sorted_argsort).status == PASSED
-    assert l00.check_rank_neurons(rank_correct_with_sums_and_counts).status == PASSED
-
-
-def test_rank_check_reports_stub_and_crash():
-    assert l00.check_rank_neurons(stub).status == NOT_IMPLEMENTED
-    result = l00.check_rank_neurons(crashing)
-    assert result.status == FAILED and "IndexError" in result.message
+@pytest.mark.slow
+def test_find_concept_neuron_check_passes_more_than_one_route(smollm2):
+    assert l00.check_find_concept_neuron(l00.reference_find_concept_neuron, smollm2).status == PASSED
+    assert l00.check_find_concept_neuron(find_by_raw_difference, smollm2).status == PASSED
+    assert l00.check_find_concept_neuron(stub, smollm2).status == NOT_IMPLEMENTED
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Lesson 00 exercises: next-token top-k, the logit lens at one layer, ranking concept neurons.
+"""Lesson 00 exercises: next-token top-k, the logit lens at one layer, a hook that records and edits a neuron,
+and finding a concept neuron that holds up on held-out text.
 
 The references are the helpers the lesson uses (helpers.lens, helpers.neurons). Cases are small
 synthetic tensors built so that each plausible mistake gives a different answer, plus one real
@@ -19,13 +20,20 @@ lens_logits(model, cache, layer)
   * only prompt 0 read: a batch of two prompts with different next tokens.
   * log-probabilities instead of logits: every case.
 
-rank_neurons(concept_acts, control_acts, k)
-  * ranked by the concept mean alone; abs() or the sign flipped: the designed case (neuron 2).
-  * BOS included, or dropped only from the first sentence: the designed case (neuron 0 fires on every BOS).
-  * the mean of per-sentence means: the random case (sentences of 2 to 7 tokens).
-  * only the first sentence of each set: both cases.
-  * the last token dropped instead of the first; worst first instead of best first: both cases.
-  * k ignored (k = 2, 4 and 1); (scores, ids) in the wrong order (dtype message).
+record_and_set(model, tokens, layer, neuron, value)
+  * recorded after the edit (every entry equals `value`): every case.
+  * only the last position edited, or only prompt 0: batches of two prompts, every position compared.
+  * hook_pre instead of hook_post, or block layer + 1: layers 25, 3 and 29.
+  * `value` ignored (zeroed): values 10 and -2; `neuron` ignored: neurons 1418, 7, 232.
+  * a hook left on the model (model.add_hook without removing it): reported by the check.
+
+find_concept_neuron(model, concept, control) -> (layer, neuron)   (a finding, not a formula)
+  The named neuron is run on held-out sentences the function never sees and must separate concept
+  from control there: standardised token effect >= 0.5 and sentence-peak AUC >= 0.8. Any route that
+  finds a real concept neuron passes (raw or standardised differences both do here). Fails:
+  * ranked by the concept mean alone (a neuron loud on every text): effect 0.32 (flight), 0.07 (music).
+  * the sign flipped (the neuron most suppressed by the concept): negative effect.
+  * a neuron copied from the lesson (25, 1418) for every concept: the music case (effect 0.17).
 """
 from __future__ import annotations
 
@@ -36,14 +44,15 @@ import torch
 from helpers.checks import Case, CheckResult, check
 from helpers.lens import lens_logits as reference_lens_logits
 from helpers.lens import top_k_next_tokens as reference_top_k_next_tokens
-from helpers.neurons import rank_neurons as reference_rank_neurons
+from helpers.neurons import collect_activations, load_sentences, mlp_hook, rank_neurons_across_hooks
 from helpers.tokens import run_with_cache
 
 LENS_PROMPT = "The Eiffel Tower is in the city of"
 LENS_PROMPTS = [LENS_PROMPT, "The Colosseum is in the city of"]  # the same number of tokens: no padding
 
-__all__ = ["reference_top_k_next_tokens", "reference_lens_logits", "reference_rank_neurons",
-           "check_top_k_next_tokens", "check_lens_logits", "check_rank_neurons", "LENS_PROMPT", "LENS_PROMPTS"]
+__all__ = ["reference_top_k_next_tokens", "reference_lens_logits", "reference_record_and_set",
+           "reference_find_concept_neuron", "check_top_k_next_tokens", "check_lens_logits", "check_record_and_set",
+           "check_find_concept_neuron", "held_out_neuron_test", "LENS_PROMPT", "LENS_PROMPTS", "MUSIC"]
 
 _TOP_K_HINT = ("use the LAST position (logits[:, -1]), softmax over the vocabulary (the last axis), and return "
                "(probabilities, ids) sorted from most to least likely, one row per prompt")
@@ -98,51 +107,158 @@ def check_lens_logits(fn: Callable, model) -> CheckResult:
     return check("lens_logits", fn, lambda: _lens_cases(model), atol=1e-3, rtol=1e-3)
 
 
-def _sentences(rows: list[list[list[float]]]) -> list[torch.Tensor]:
-    return [torch.tensor(sentence) for sentence in rows]
+# --- Exercise 2: a hook that records and edits one neuron ---------------------------------------
+
+def reference_record_and_set(model, tokens: torch.Tensor, layer: int, neuron: int,
+                             value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `tokens` with MLP neuron `neuron` of block `layer` (mlp.hook_post) set to `value` at every position.
+
+    Returns (recorded [batch, pos]: the neuron's activation BEFORE the edit, logits [batch, pos, d_vocab]).
+    """
+    recorded = []
+
+    def hook(post: torch.Tensor, hook) -> torch.Tensor:
+        recorded.append(post[:, :, neuron].detach().clone())
+        post = post.clone()
+        post[:, :, neuron] = value
+        return post
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", hook)])
+    return recorded[0], logits
 
 
-_RANK_HINT = ("score = mean over concept tokens MINUS mean over control tokens, skipping position 0 (BOS) "
-              "of every sentence; keep the sign (neurons that fire LESS on the concept rank last)")
+_SET_HINT = ("hook blocks.{layer}.mlp.hook_post ([batch, pos, d_mlp]); inside the hook copy post[:, :, neuron] "
+             "BEFORE you overwrite it, then set that neuron to `value` at every position of every prompt and return "
+             "the edited tensor; run with model.run_with_hooks (or `with model.hooks(...)`) so no hook stays on")
 
 
-def _rank_cases() -> list[Case]:
-    # Five neurons, each built to expose one mistake. Position 0 of each sentence is BOS.
-    #   0: fires hugely on BOS in concept sentences only      -> wins if BOS is averaged in
-    #   1: high everywhere, a bit higher on concept tokens    -> wins if control is ignored
-    #   2: far lower on concept than on control tokens        -> wins under abs() or a flipped sign
-    #   3: the real concept neuron; 4: noise
-    concept = _sentences([
-        [[90.0, 5.0, 0.0, 1.0, 0.1], [0.0, 9.0, -6.0, 3.0, 0.2], [0.0, 9.5, -5.0, 2.5, -0.1]],
-        [[90.0, 5.0, 0.0, 1.0, 0.1], [0.0, 8.5, -6.5, 3.5, 0.0], [0.0, 9.0, -5.5, 2.0, 0.3], [0.0, 9.2, -6.0, 2.8, -0.2]],
-    ])
-    control = _sentences([
-        [[0.0, 5.0, 0.0, 1.0, 0.1], [0.0, 8.0, 0.5, 0.2, 0.1], [0.0, 8.2, 0.0, 0.1, 0.0]],
-        [[0.0, 5.0, 0.0, 1.0, 0.1], [0.0, 7.9, 0.2, -0.1, 0.2], [0.0, 8.1, 0.1, 0.3, -0.1]],
-    ])
-    cases = [Case("5 designed neurons, k=2", (concept, control, 2), reference_rank_neurons(concept, control, 2),
-                  hint=_RANK_HINT)]
-    gen = torch.Generator().manual_seed(1)
-    # Sentences of different lengths: pooling tokens and averaging per-sentence means now disagree.
-    concept = [torch.randn(n, 8, generator=gen) + torch.linspace(0, 1, 8) for n in (3, 7, 4)]
-    control = [torch.randn(n, 8, generator=gen) for n in (5, 2, 6)]
-    cases.append(Case("random activations, sentences of 2 to 7 tokens, k=4", (concept, control, 4),
-                      reference_rank_neurons(concept, control, 4),
-                      hint="pool every token (BOS excluded) of a set into one mean, so each token counts once; "
-                           "return (neuron ids, scores), best first"))
-    # A best neuron (5) whose lead comes from the later sentences and last tokens; the first sentence
-    # of each set alone ranks another neuron first.
-    concept = [torch.randn(n, 6, generator=gen) for n in (4, 5, 3)]
-    control = [torch.randn(n, 6, generator=gen) for n in (3, 4)]
-    concept[0][1:, 2] += 2.0
-    concept[1][1:, 5] += 3.0
-    concept[2][-1, 5] += 4.0
-    cases.append(Case("6 neurons, 3 concept and 2 control sentences, k=1", (concept, control, 1),
-                      reference_rank_neurons(concept, control, 1),
-                      hint="use every sentence of both lists and every token after position 0. " + _RANK_HINT))
-    return cases
+def _set_cases(model) -> list[Case]:
+    tokens = model.to_tokens(LENS_PROMPTS)  # two prompts, same length
+    other = model.to_tokens(["A fly landed on the rim of my glass.", "The ferry crossed the bay in an hour."])
+    specs = [("the two city prompts, layer 25 neuron 1418 set to 10", (tokens, 25, 1418, 10.0)),
+             ("two other prompts, layer 3 neuron 7 set to -2", (other, 3, 7, -2.0)),
+             ("the city prompts, layer 29 neuron 232 set to 0", (tokens, 29, 232, 0.0))]
+    return [Case(name, (model, *args), reference_record_and_set(model, *args), hint=_SET_HINT) for name, args in specs]
 
 
-def check_rank_neurons(fn: Callable) -> CheckResult:
-    """Check rank_neurons(concept_acts, control_acts, k) -> (ids [k], scores [k])."""
-    return check("rank_neurons", fn, _rank_cases)
+def check_record_and_set(fn: Callable, model) -> CheckResult:
+    """Check record_and_set(model, tokens, layer, neuron, value) -> (recorded [batch, pos], logits [batch, pos, vocab])."""
+    return check("record_and_set", fn, lambda: _set_cases(model), atol=2e-3, rtol=1e-3)
+
+
+# --- Exercise 3: find a concept neuron that holds up on sentences you never saw --------------------
+
+MUSIC = {
+    "concept": [
+        "The violinist tuned her instrument before the concert began.",
+        "He played a slow melody on the old piano.",
+        "The choir sang three hymns at the service.",
+        "Our band rehearsed the new song until midnight.",
+        "She hummed the chorus while she cooked.",
+        "The orchestra performed a symphony by Beethoven.",
+        "He strummed a few chords on his guitar.",
+        "The drummer kept a steady beat all night.",
+        "They listened to the album from start to finish.",
+        "The singer hit the high note perfectly.",
+        "A jazz trio played in the corner of the bar.",
+        "She practised the cello for two hours every day.",
+    ],
+    "control": [  # each mirrors the concept sentence at the same index, without music
+        "The mechanic checked the engine before the race began.",
+        "He read a slow chapter of the old novel.",
+        "The committee approved three budgets at the meeting.",
+        "Our team painted the new fence until midnight.",
+        "She watched the news while she cooked.",
+        "The museum displayed a painting by Rembrandt.",
+        "He chopped a few onions on the board.",
+        "The guard kept a steady watch all night.",
+        "They read the report from start to finish.",
+        "The runner crossed the line perfectly.",
+        "A family of ducks swam in the corner of the pond.",
+        "She studied chemistry for two hours every day.",
+    ],
+}
+# Held out: the learner's function never sees these; the check tests the named neuron on them.
+_HELD_OUT = {
+    "music": (["The pianist bowed after the last sonata.", "We sang along to the radio in the car.",
+               "The trumpet solo was the best part of the show.", "He composed a song for his daughter's wedding.",
+               "The guitarist broke a string during the encore."],
+              ["The doctor bowed after the long operation.", "We talked about the weather in the car.",
+               "The dessert was the best part of the meal.", "He wrote a letter for his daughter's birthday.",
+               "The carpenter broke a nail during the repair."]),
+}
+MIN_HELD_OUT_EFFECT = 0.5  # held-out (concept mean - control mean) / pooled std, BOS excluded
+MIN_HELD_OUT_AUC = 0.8  # chance that a held-out concept sentence's peak beats a control sentence's
+
+
+def _flight_held_out() -> tuple[list[str], list[str]]:
+    held = load_sentences("l00_flight")["held_out"]
+    return ([d["text"] for d in held if d["label"] == "flight"], [d["text"] for d in held if d["label"] == "no flight"])
+
+
+def held_out_neuron_test(model, layer: int, neuron: int, concept: list[str], control: list[str]) -> dict[str, float]:
+    """How well neuron `neuron` of block `layer` separates held-out concept from control sentences (BOS excluded).
+
+    effect: (concept token mean - control token mean) / std over both sets' tokens; auc: the share of
+    (concept, control) sentence pairs whose peak activation is higher on the concept sentence.
+    """
+    hook = mlp_hook(layer)
+    acts = collect_activations(model, list(concept) + list(control), [hook])[hook]
+    on, off = acts[:len(concept)], acts[len(concept):]
+    c, o = torch.cat([a[1:, neuron] for a in on]), torch.cat([a[1:, neuron] for a in off])
+    effect = ((c.mean() - o.mean()) / torch.cat([c, o]).std()).item()
+    peaks_on, peaks_off = [a[1:, neuron].max().item() for a in on], [a[1:, neuron].max().item() for a in off]
+    auc = sum((x > y) + 0.5 * (x == y) for x in peaks_on for y in peaks_off) / (len(peaks_on) * len(peaks_off))
+    return {"effect": effect, "auc": auc}
+
+
+class _HoldsUpOnHeldOut:
+    """The 'expected' value of a find_concept_neuron case: a test the named neuron must pass on held-out text."""
+
+    def __init__(self, model, concept: list[str], control: list[str]):
+        self.model, self.concept, self.control = model, concept, control
+
+    def __call__(self, got) -> str | None:
+        try:
+            layer, neuron = (int(x) for x in got)
+        except (TypeError, ValueError):
+            return f"expected a pair (layer, neuron) of integers, got {got!r}"
+        cfg = self.model.cfg
+        if not (0 <= layer < cfg.n_layers and 0 <= neuron < cfg.d_mlp):
+            return f"({layer}, {neuron}) is not a neuron: layers 0..{cfg.n_layers - 1}, neurons 0..{cfg.d_mlp - 1}"
+        test = held_out_neuron_test(self.model, layer, neuron, self.concept, self.control)
+        if test["effect"] < MIN_HELD_OUT_EFFECT or test["auc"] < MIN_HELD_OUT_AUC:
+            return (f"neuron {neuron} of block {layer} does not hold up on held-out sentences: effect "
+                    f"{test['effect']:.2f} (need >= {MIN_HELD_OUT_EFFECT}), peak AUC {test['auc']:.2f} "
+                    f"(need >= {MIN_HELD_OUT_AUC})")
+        return None
+
+
+_FIND_HINT = ("score every neuron of every block by how much MORE it fires on concept tokens than on the matched "
+              "control tokens (BOS excluded, keep the sign); compare neurons of different layers on a common scale "
+              "(e.g. divide by each neuron's spread), and use the sentences you are given, not a neuron from the lesson")
+
+
+def _find_cases(model) -> list[Case]:
+    flight = load_sentences("l00_flight")
+    return [Case("flight (tested on the held-out flight and no-flight sentences)",
+                 (model, flight["concept"], flight["control"]), _HoldsUpOnHeldOut(model, *_flight_held_out()),
+                 hint=_FIND_HINT),
+            Case("music (a concept the lesson never used; tested on held-out music sentences)",
+                 (model, MUSIC["concept"], MUSIC["control"]), _HoldsUpOnHeldOut(model, *_HELD_OUT["music"]),
+                 hint=_FIND_HINT)]
+
+
+def reference_find_concept_neuron(model, concept: list[str], control: list[str]) -> tuple[int, int]:
+    """(layer, neuron) of the MLP neuron with the largest standardised concept-minus-control effect."""
+    hooks = [mlp_hook(layer) for layer in range(model.cfg.n_layers)]
+    table = rank_neurons_across_hooks(collect_activations(model, concept, hooks),
+                                      collect_activations(model, control, hooks), k=1)
+    return hooks.index(table.loc[0, "hook"]), int(table.loc[0, "neuron"])
+
+
+def check_find_concept_neuron(fn: Callable, model) -> CheckResult:
+    """Check find_concept_neuron(model, concept, control) -> (layer, neuron): the neuron must hold up on held-out text."""
+    return check("find_concept_neuron", fn, lambda: _find_cases(model), compare_fn=lambda got, test: test(got),
+                 time_limit=120)
