@@ -401,3 +401,105 @@ def test_a_model_left_broken_by_an_earlier_cell_gives_a_result_not_a_traceback(s
     finally:
         smollm2.reset_hooks()
     assert result.status == FAILED and "could not build its test cases" in result.message
+
+
+# --- patch_head_input and carrying_input (need the model) ----------------------------------------
+
+def _qkv_patch(model, clean_tokens, corrupted_tokens, metric, name, index, positions=slice(None), reverse=False):
+    source, target = (corrupted_tokens, clean_tokens) if reverse else (clean_tokens, corrupted_tokens)
+    _, cache = model.run_with_cache(source, names_filter=[name])
+
+    def patch(x, hook):
+        x = x.clone()
+        x[:, positions, index] = cache[name][:, positions, index]
+        return x
+    return metric(model.run_with_hooks(target, fwd_hooks=[(name, patch)]))
+
+
+def qkv_kv_indexed_by_query_head(model, clean_tokens, corrupted_tokens, metric, layer, head, which):
+    return _qkv_patch(model, clean_tokens, corrupted_tokens, metric, f"blocks.{layer}.attn.hook_{which}", head)
+
+
+def qkv_kv_head_modulo(model, clean_tokens, corrupted_tokens, metric, layer, head, which):
+    index = head if which == "q" else head % model.cfg.n_key_value_heads
+    return _qkv_patch(model, clean_tokens, corrupted_tokens, metric, f"blocks.{layer}.attn.hook_{which}", index)
+
+
+def qkv_every_head(model, clean_tokens, corrupted_tokens, metric, layer, head, which):
+    return _qkv_patch(model, clean_tokens, corrupted_tokens, metric, f"blocks.{layer}.attn.hook_{which}", slice(None))
+
+
+def qkv_corrupted_into_clean(model, clean_tokens, corrupted_tokens, metric, layer, head, which):
+    index = head if which == "q" else head // 3
+    return _qkv_patch(model, clean_tokens, corrupted_tokens, metric, f"blocks.{layer}.attn.hook_{which}", index,
+                      reverse=True)
+
+
+def qkv_last_position_only(model, clean_tokens, corrupted_tokens, metric, layer, head, which):
+    index = head if which == "q" else head // 3
+    return _qkv_patch(model, clean_tokens, corrupted_tokens, metric, f"blocks.{layer}.attn.hook_{which}", index,
+                      positions=-1)
+
+
+def qkv_always_queries(model, clean_tokens, corrupted_tokens, metric, layer, head, which):
+    return _qkv_patch(model, clean_tokens, corrupted_tokens, metric, f"blocks.{layer}.attn.hook_q", head)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wrong", [qkv_kv_indexed_by_query_head, qkv_kv_head_modulo, qkv_every_head,
+                                   qkv_corrupted_into_clean, qkv_last_position_only, qkv_always_queries])
+def test_patch_head_input_check_catches_mistakes(smollm2, wrong):
+    assert l04.check_patch_head_input(wrong, smollm2).status == FAILED
+
+
+@pytest.mark.slow
+def test_patch_head_input_check_passes_reference_and_a_repeat_interleave_answer(smollm2):
+    def via_repeat_interleave(model, clean_tokens, corrupted_tokens, metric, layer, head, which):
+        # expand keys/values to one slice per query head, patch that head's slice, fold back
+        name = f"blocks.{layer}.attn.hook_{which}"
+        _, cache = model.run_with_cache(clean_tokens, names_filter=[name])
+        group = model.cfg.n_heads // model.cfg.n_key_value_heads
+
+        def patch(x, hook):
+            if which == "q":
+                x = x.clone()
+                x[:, :, head] = cache[name][:, :, head]
+                return x
+            owner = torch.arange(model.cfg.n_heads).div(group, rounding_mode="floor")
+            x = x.clone()
+            x[:, :, owner[head]] = cache[name][:, :, owner[head]]
+            return x
+        return metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, patch)]))
+
+    assert l04.check_patch_head_input(l04.reference_patch_head_input, smollm2).status == PASSED
+    assert l04.check_patch_head_input(via_repeat_interleave, smollm2).status == PASSED
+    assert l04.check_patch_head_input(_stub, smollm2).status == NOT_IMPLEMENTED
+
+
+def carrying_always_values(model, clean_tokens, corrupted_tokens, metric, layer, head):
+    return "v"
+
+
+def carrying_least_restoring(model, clean_tokens, corrupted_tokens, metric, layer, head):
+    effects = {w: float(l04.reference_patch_head_input(model, clean_tokens, corrupted_tokens, metric, layer, head, w))
+               for w in "qkv"}
+    return min(effects, key=effects.get)
+
+
+def carrying_largest_absolute_effect(model, clean_tokens, corrupted_tokens, metric, layer, head):
+    effects = {w: abs(float(l04.reference_patch_head_input(model, clean_tokens, corrupted_tokens, metric, layer,
+                                                           head, w))) for w in "qkv"}
+    return max(effects, key=effects.get) if layer != 23 or head != 0 else "v"  # a sign slip: v is -0.09 for L23H0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wrong", [carrying_always_values, carrying_least_restoring, carrying_largest_absolute_effect])
+def test_carrying_input_check_rejects_wrong_findings(smollm2, wrong):
+    assert l04.check_carrying_input(wrong, smollm2).status == FAILED
+
+
+@pytest.mark.slow
+def test_carrying_input_check_passes_the_reference_and_says_which_letters(smollm2):
+    assert l04.check_carrying_input(l04.reference_carrying_input, smollm2).status == PASSED
+    result = l04.check_carrying_input(lambda *args: "query", smollm2)
+    assert result.status == FAILED and "'q', 'k', 'v'" in result.message

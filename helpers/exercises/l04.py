@@ -1,4 +1,5 @@
-"""Lesson 04 exercises: the logit difference, residual-stream patching by hand, attribution patching.
+"""Lesson 04 exercises: the logit difference, residual-stream patching by hand, attribution patching, patching one
+head's queries, keys or values, and finding which of them carries a head's effect.
 
 Cases are built so that each plausible mistake gives a different answer: random logits whose first
 and last positions disagree (reading the wrong position shows) and whose answers are not symmetric
@@ -30,6 +31,18 @@ attribution_patch_resid(model, clean_tokens, corrupted_tokens, metric)
   * resid_post instead of resid_pre: every case.
   * the metric ignored: the second case uses the raw logit difference.
   * hooks left on the model: reported by the check.
+
+patch_head_input(model, clean_tokens, corrupted_tokens, metric, layer, head, which)
+  * the key/value head indexed by the query head (hook_k[:, :, head]): L23H0 keys pass by luck (head 0),
+    L20H7 keys raise an index error (3 key/value heads); head % 3 instead of head // 3: L20H7 (7 % 3 = 1).
+  * every head's q/k/v patched, or the layer's attention output: every case.
+  * corrupted patched into clean: every case; only the last position: every case (queries at S2 matter).
+  * `which` ignored (always q): the values and keys cases; the metric ignored: the raw-metric case.
+
+carrying_input(model, clean_tokens, corrupted_tokens, metric, layer, head) -> 'q' | 'k' | 'v'   (a finding)
+  Checked on held-out-template pairs for L17H4 (queries), L23H3 (values) and L23H0 (queries), so one
+  fixed letter fails, and so does the input that restores the LEAST, or the largest |effect| when a
+  negative effect is the largest in size.
 """
 from __future__ import annotations
 
@@ -41,7 +54,9 @@ from helpers import ioi
 from helpers.checks import Case, CheckResult, check
 
 __all__ = ["reference_logit_diff", "reference_patch_resid_pre", "reference_attribution_patch_resid",
-           "check_logit_diff", "check_patch_resid_pre", "check_attribution_patch_resid", "exercise_pairs"]
+           "reference_patch_head_input", "reference_carrying_input", "check_logit_diff", "check_patch_resid_pre",
+           "check_attribution_patch_resid", "check_patch_head_input", "check_carrying_input", "exercise_pairs",
+           "held_out_pairs", "QKV_HEADS"]
 
 
 def reference_logit_diff(logits: torch.Tensor, io_ids: torch.Tensor, s_ids: torch.Tensor) -> torch.Tensor:
@@ -190,3 +205,94 @@ def _attribution_cases(model) -> list[Case]:
 def check_attribution_patch_resid(fn: Callable, model) -> CheckResult:
     """Check attribution_patch_resid(model, clean_tokens, corrupted_tokens, metric) -> [n_layers, pos]."""
     return check("attribution_patch_resid", fn, lambda: _attribution_cases(model), atol=2e-3, rtol=1e-2)
+
+
+# --- Exercise 4: patch one head's queries, keys or values -----------------------------------------
+
+def reference_patch_head_input(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, metric: Callable,
+                               layer: int, head: int, which: str) -> torch.Tensor:
+    """metric of the corrupted run with head `head`'s queries ('q'), keys ('k') or values ('v') taken from the clean run.
+
+    Keys and values live at blocks.{layer}.attn.hook_k / hook_v, [batch, pos, n_key_value_heads, d_head]:
+    query head h reads key/value head h // (n_heads // n_key_value_heads), shared with the other heads of
+    its group, so patching "its" keys or values patches them for the whole group.
+    """
+    name = f"blocks.{layer}.attn.hook_{which}"
+    index = head if which == "q" else head // (model.cfg.n_heads // model.cfg.n_key_value_heads)
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean_tokens, names_filter=[name])
+
+        def patch(x, hook):
+            x = x.clone()
+            x[:, :, index] = clean_cache[name][:, :, index]
+            return x
+
+        logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, patch)])
+    return metric(logits)
+
+
+_QKV_HINT = ("cache blocks.{layer}.attn.hook_q / hook_k / hook_v on the CLEAN run and overwrite only the slice "
+             "this head reads in the CORRUPTED run, at every position: queries have one slice per head "
+             "(hook_q[:, :, head]); keys and values one per key/value head, shared by n_heads // n_key_value_heads "
+             "query heads (hook_k[:, :, head // 3] in SmolLM2), then return metric(logits)")
+
+
+def _qkv_cases(model) -> list[Case]:
+    pairs, metric, gap = _pairs_and_gap(model)
+    args = (model, pairs.clean_tokens, pairs.corrupted_tokens)
+    raw = ioi.logit_diff_metric(pairs)
+    specs = [("L17H4 queries", (metric, 17, 4, "q")), ("L23H3 values", (metric, 23, 3, "v")),
+             ("L23H0 keys (key/value head 0)", (metric, 23, 0, "k")),
+             ("L24H4 values, the raw logit difference as metric", (raw, 24, 4, "v")),
+             ("L20H7 keys (key/value head 2)", (metric, 20, 7, "k"))]
+    return [Case(name, (*args, *spec), float(reference_patch_head_input(*args, *spec)), hint=_QKV_HINT)
+            for name, spec in specs]
+
+
+def check_patch_head_input(fn: Callable, model) -> CheckResult:
+    """Check patch_head_input(model, clean_tokens, corrupted_tokens, metric, layer, head, which) -> scalar."""
+    return check("patch_head_input", fn, lambda: _qkv_cases(model), atol=2e-3, rtol=1e-2)
+
+
+# --- Exercise 5: which input carries a head's effect? (a finding, checked on held-out templates) ----
+
+QKV_HEADS = ((17, 4), (23, 3), (23, 0))  # heads whose answer is clear on the held-out templates
+
+
+def held_out_pairs(model) -> tuple[ioi.IOIDataset, Callable]:
+    """IOI pairs from the held-out templates (never used to choose heads) and their normalised metric."""
+    data = ioi.make_dataset(model, n_pairs=1, templates=ioi.HELD_OUT_TEMPLATES, seed=5)
+    data = data.subset([0, 3, 4, 7, 8, 11, 12])  # one pair per template, both name orders
+    with torch.no_grad():
+        clean = ioi.logit_diff(model(data.clean_tokens), data.io_ids, data.s_ids)
+        corrupted = ioi.logit_diff(model(data.corrupted_tokens), data.io_ids, data.s_ids)
+    return data, ioi.normalized_metric(data, clean, corrupted)
+
+
+def reference_carrying_input(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, metric: Callable,
+                             layer: int, head: int) -> str:
+    """'q', 'k' or 'v': the input whose clean value alone restores most of the metric in the corrupted run."""
+    effects = {which: float(reference_patch_head_input(model, clean_tokens, corrupted_tokens, metric, layer, head,
+                                                       which)) for which in ("q", "k", "v")}
+    return max(effects, key=effects.get)
+
+
+def _carrying_cases(model) -> list[Case]:
+    data, metric = held_out_pairs(model)
+    args = (model, data.clean_tokens, data.corrupted_tokens, metric)
+    return [Case(f"L{layer}H{head} on {len(data)} held-out-template pairs", (*args, layer, head),
+                 reference_carrying_input(*args, layer, head),
+                 hint="patch the head's q, k and v one at a time (exercise 4) and name the one that restores the "
+                      "most of the clean metric; different heads get their information through different inputs")
+            for layer, head in QKV_HEADS]
+
+
+def check_carrying_input(fn: Callable, model) -> CheckResult:
+    """Check carrying_input(model, clean_tokens, corrupted_tokens, metric, layer, head) -> 'q', 'k' or 'v'."""
+    return check("carrying_input", fn, lambda: _carrying_cases(model), compare_fn=_same_letter, time_limit=120)
+
+
+def _same_letter(got, expected: str) -> str | None:
+    if not isinstance(got, str) or got.strip().lower() not in ("q", "k", "v"):
+        return f"expected one of 'q', 'k', 'v', got {got!r}"
+    return None if got.strip().lower() == expected else f"expected {expected!r}, got {got!r}"
