@@ -131,3 +131,115 @@ def activations_at(model, prompts: Sequence[str], hook_names: Sequence[str], off
                                              for n in names]) for o in offsets]))
         del cache
     return torch.cat(out, dim=2)
+
+
+# --- Hidden heuristics: classify a toy adder's MLP neurons by the pattern they follow -------------------
+
+NEURON_KEYS = ("operand a", "operand b", "result", "result mod 10")
+
+
+def variance_explained(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """R^2 [n_neurons] of values [N, n_neurons] by the mean of each group of `groups` [N] (one-way ANOVA)."""
+    values = values.float()
+    groups = torch.as_tensor(groups).long()
+    if values.dim() != 2 or groups.shape != values.shape[:1]:
+        raise PromptError(f"`values` must be [N, n_neurons] and `groups` [N]; got {tuple(values.shape)} and "
+                          f"{tuple(groups.shape)}.")
+    k = int(groups.max()) + 1
+    counts = torch.bincount(groups, minlength=k).clamp(min=1).float()
+    means = torch.zeros(k, values.shape[1]).index_add_(0, groups, values) / counts[:, None]
+    total = values.var(0, unbiased=False)
+    return (means[groups].var(0, unbiased=False) / total.clamp(min=1e-12)) * (total > 1e-8)
+
+
+def neuron_patterns(acts: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """R^2 [4, n_neurons] of each neuron's activation over the operand grid explained by each of NEURON_KEYS."""
+    a, b = torch.as_tensor(a).long(), torch.as_tensor(b).long()
+    return torch.stack([variance_explained(acts, key) for key in (a, b, a + b, (a + b) % 10)])
+
+
+def result_profile(acts: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """Mean activation [n_results, n_neurons] of each neuron for each value of `result` [N] (e.g. a + b)."""
+    result = torch.as_tensor(result).long()
+    k = int(result.max()) + 1
+    counts = torch.bincount(result, minlength=k).clamp(min=1).float()
+    return torch.zeros(k, acts.shape[1]).index_add_(0, result, acts.float()) / counts[:, None]
+
+
+def classify_neurons(acts: torch.Tensor, a: torch.Tensor, b: torch.Tensor, threshold: float = 0.5,
+                     dead: float = 1e-6, edges: Sequence[int] = (0, 50, 100, 150, 199)) -> list[str]:
+    """One label per neuron: 'dead', 'operand a', 'operand b', 'result mod 10', 'result LO-HI', or 'mixed'.
+
+    A neuron is 'result mod 10' if that 10-valued key alone explains at least `threshold` of its
+    variance (the result then explains it too; the coarser key is the better description), else it
+    takes the key among operand a, operand b and result that explains most, if at least
+    `threshold`. A result neuron is further labelled by the range of results (cut at `edges`) where
+    its mean activation peaks: 'result 150-198' fires most for sums of 150 to 198.
+    """
+    a, b = torch.as_tensor(a).long(), torch.as_tensor(b).long()
+    r2 = neuron_patterns(acts, a, b)
+    peaks = result_profile(acts, a + b).argmax(0)
+    live = acts.float().var(0) > dead
+    labels = []
+    for i in range(acts.shape[1]):
+        if not live[i]:
+            labels.append("dead")
+        elif r2[3, i] >= threshold:
+            labels.append("result mod 10")
+        elif r2[:3, i].max() >= threshold:
+            key = NEURON_KEYS[int(r2[:3, i].argmax())]
+            if key == "result":
+                bucket = max(j for j in range(len(edges) - 1) if peaks[i] >= edges[j])
+                key = f"result {edges[bucket]}-{edges[bucket + 1] - 1}"
+            labels.append(key)
+        else:
+            labels.append("mixed")
+    return labels
+
+
+# --- CCS (Burns et al. 2022): an unsupervised direction from contrast pairs -------------------------------
+
+def ccs_fit(positive: torch.Tensor, negative: torch.Tensor, restarts: int = 10, steps: int = 400,
+            lr: float = 1e-2, seed: int = 0) -> tuple[torch.Tensor, float, list[float]]:
+    """Contrast-Consistent Search on paired activations [n, d] (x+ and x- of each pair).
+
+    Each side is centred and scaled separately (so the probe cannot read which side a statement is
+    on), then a logistic probe p(x) = sigmoid(w.x + c) minimises the CCS loss
+    (p(x+) - (1 - p(x-)))^2 + min(p(x+), p(x-))^2 over `restarts` random starts. Returns the best
+    probe's weights [d + 1] (w then c), its loss, and every restart's final loss.
+    """
+    if positive.shape != negative.shape or positive.dim() != 2:
+        raise PromptError(f"`positive` and `negative` must both be [n, d]; got {tuple(positive.shape)} and "
+                          f"{tuple(negative.shape)}.")
+    pos, neg = ccs_normalise(positive), ccs_normalise(negative)
+    generator = torch.Generator().manual_seed(seed)
+    best, best_loss, losses = None, float("inf"), []
+    with torch.enable_grad():
+        for _ in range(restarts):
+            theta = (torch.randn(pos.shape[1] + 1, generator=generator) / pos.shape[1] ** 0.5).requires_grad_()
+            optimiser = torch.optim.Adam([theta], lr=lr)
+            for _ in range(steps):
+                p_pos = torch.sigmoid(pos @ theta[:-1] + theta[-1])
+                p_neg = torch.sigmoid(neg @ theta[:-1] + theta[-1])
+                loss = ((p_pos - (1 - p_neg)) ** 2 + torch.minimum(p_pos, p_neg) ** 2).mean()
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+            losses.append(loss.item())
+            if loss.item() < best_loss:
+                best, best_loss = theta.detach().clone(), loss.item()
+    return best, best_loss, losses
+
+
+def ccs_normalise(x: torch.Tensor) -> torch.Tensor:
+    """Centre x [n, d] and scale it to unit mean norm (Burns et al. normalise each side of the pairs)."""
+    x = x.float() - x.float().mean(0)
+    return x / x.norm(dim=-1).mean().clamp(min=1e-8)
+
+
+def ccs_predict(theta: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """P(x+ is the true one) [n]: the average of p(x+) and 1 - p(x-) (each side normalised on its own)."""
+    pos, neg = ccs_normalise(positive), ccs_normalise(negative)
+    p_pos = torch.sigmoid(pos @ theta[:-1] + theta[-1])
+    p_neg = torch.sigmoid(neg @ theta[:-1] + theta[-1])
+    return (p_pos + 1 - p_neg) / 2

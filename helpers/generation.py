@@ -202,3 +202,106 @@ def reference_generate(model, prompt: str, max_new_tokens: int, fwd_hooks=(), pr
                 break
             ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
     return new
+
+
+def _continuation_ids(model, continuation) -> list[int]:
+    if not isinstance(continuation, str) or not continuation:
+        raise PromptError(f"`continuation` must be a non-empty string (e.g. \"I cannot\"), got {continuation!r}.")
+    return model.tokenizer.encode(continuation, add_special_tokens=False)
+
+
+def continuation_logprobs(model, prompts: Sequence[str], continuation: str, fwd_hooks=(), batch_size: int = 32,
+                          prepend_bos: bool = False) -> torch.Tensor:
+    """Log-probability [n] of `continuation`'s tokens right after each prompt, teacher-forced, with hooks on.
+
+    One batched forward pass of prompt + continuation: a cheap stand-in for "would the model say
+    this?" (the reference for :class:`SuffixScorer`).
+    """
+    require_tokenizer(model)
+    prompts = _check_prompts(prompts)
+    hooks = _check_hooks(model, fwd_hooks)
+    cont = _continuation_ids(model, continuation)
+    k = len(cont)
+    target = torch.tensor(cont)
+    out = []
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = _encode(model, [p + continuation for p in prompts[start:start + batch_size]], prepend_bos)
+            if not torch.equal(ids[:, -k:].cpu(), target.expand(len(ids), k)):
+                raise PromptError(f"{continuation!r} tokenizes differently after a prompt than alone; "
+                                  "start it with a token boundary (e.g. after the chat template's newline).")
+            logprobs = model(ids, attention_mask=mask, position_ids=_positions(mask)).float().log_softmax(-1)
+            picked = logprobs[:, -k - 1:-1].gather(-1, ids[:, -k:, None]).squeeze(-1)
+            out.append(picked.sum(-1).cpu())
+    return torch.cat(out)
+
+
+class SuffixScorer:
+    """Re-score a continuation after fixed prompts under many interventions on the prompts' last tokens.
+
+    The prompts' first tokens are run once and kept in a KV cache; each call feeds only the last
+    `free` prompt tokens and the continuation, one token at a time, with `fwd_hooks` on, and returns
+    the continuation's log-probability [n]. Hooks therefore act on the last `free` prompt tokens and
+    the continuation only (they see ``[n, 1, d]``; ``self.step`` is the index of the token being fed,
+    0 = the first free prompt token), which is what makes a random-direction control with hundreds of
+    draws affordable on a CPU. ``self.read`` holds the activations [n, d] at the `read` hooks at
+    the last prompt token (after the hooks' edits) and ``self.last_logprobs`` the next-token
+    log-probabilities [n, d_vocab] there, from the latest call.
+    """
+
+    def __init__(self, model, prompts: Sequence[str], continuation: str, free: int = 1, read: Sequence[str] = ()):
+        require_tokenizer(model)
+        prompts = _check_prompts(prompts)
+        if not isinstance(free, int) or free < 1:
+            raise PromptError(f"`free` must be a positive int (prompt tokens fed with the hooks on), got {free!r}.")
+        self.model, self.free = model, free
+        self.read_names = [check_hook_name(model, name) for name in read]
+        cont = _continuation_ids(model, continuation)
+        ids, mask = _encode(model, prompts, prepend_bos=False)
+        if free >= ids.shape[1] or int(mask[:, :-free].sum(-1).min()) < 1:
+            raise PromptError(f"`free`={free} leaves no prompt tokens to cache; use a smaller `free`.")
+        positions = _positions(mask)
+        self.target = torch.tensor(cont, device=ids.device)
+        self.feed = torch.cat([ids[:, -free:], self.target[:-1].expand(len(ids), -1)], dim=1)
+        last = positions[:, -1:]
+        self.feed_positions = torch.cat([positions[:, -free:], last + torch.arange(1, len(cont), device=ids.device)], 1)
+        self.prefix_mask = mask[:, :-free]
+        with torch.no_grad(), kv_cache_fix(model):
+            _, self.cache = model(ids[:, :-free], attention_mask=self.prefix_mask, position_ids=positions[:, :-free],
+                                  return_type="logits_and_cache")
+        self.step, self.read = 0, {}
+
+    def __call__(self, fwd_hooks=()) -> torch.Tensor:
+        model = self.model
+        hooks = _check_hooks(model, fwd_hooks)
+        captured = {}
+
+        def capture(name):
+            def hook(x, hook):
+                if self.step == self.free - 1:
+                    captured[name] = x[:, -1].float().cpu()
+                return x
+            return hook
+
+        hooks = hooks + [(name, capture(name)) for name in self.read_names]
+        mask, total = self.prefix_mask, torch.zeros(len(self.feed))
+        n_feed = self.feed.shape[1]
+        try:
+            with torch.no_grad(), kv_cache_fix(model), model.hooks(fwd_hooks=hooks):
+                for step in range(n_feed):
+                    self.step = step
+                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                    logits, self.cache = model(self.feed[:, step:step + 1], attention_mask=mask,
+                                               position_ids=self.feed_positions[:, step:step + 1],
+                                               past_key_values=self.cache, return_type="logits_and_cache")
+                    if step == self.free - 1:
+                        self.last_logprobs = logits[:, -1].float().log_softmax(-1).cpu()
+                    if step >= self.free - 1:
+                        target = self.target[step - self.free + 1]
+                        total += logits[:, -1].float().log_softmax(-1)[:, target].cpu()
+        finally:  # back to the prompts' cached prefix for the next call
+            extra = self.cache.get_seq_length() - self.prefix_mask.shape[1]
+            if extra > 0:
+                self.cache.crop(-extra)
+        self.read = captured
+        return total

@@ -137,3 +137,34 @@ def random_like(vector: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
 def layer_choices(model, layers: Sequence[int]) -> list[int]:
     """Checked list of layers (each in range)."""
     return [check_layer(model, layer) for layer in layers]
+
+
+def last_position_addition_hooks(model, vector, layer: int, scale: float = 1.0) -> list[Hook]:
+    """Like :func:`addition_hooks`, but only at the last position of each forward pass.
+
+    With :func:`helpers.generation.generate` that is the prompt's last token and every generated
+    token; with :class:`helpers.generation.SuffixScorer` (one token per pass) every token it feeds.
+    """
+    vector = check_vector(model, vector, "vector")
+    layer = check_layer(model, layer)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+        raise SteeringError(f"`scale` must be a number, got {scale!r}.")
+
+    def add(x, hook):
+        x = x.clone()
+        x[:, -1] += scale * vector.to(x.dtype)
+        return x
+
+    return [(f"blocks.{layer}.hook_resid_pre", add)]
+
+
+def last_position_ablation_hooks(model, direction) -> list[Hook]:
+    """Like :func:`ablation_hooks` (every layer), but only at the last position of each forward pass."""
+    r = unit(check_vector(model, direction))
+
+    def remove(x, hook):
+        x = x.clone()
+        x[:, -1] = project_out(x[:, -1], r.to(x.dtype))
+        return x
+
+    return [(name, remove) for name in ablation_hook_names(model)]

@@ -87,6 +87,10 @@ TOY_ERRORS = [
     ("models: device 'gpu'", lambda m, t: load("induction", device="gpu"), "device"),
     ("models: unknown toy name", lambda m, t: load_toy("inductoin"), "induction"),
     ("models: name not a string", lambda m, t: load(42), "name"),
+    ("failures: groups of the wrong length", lambda m, t: __import__("helpers.failures").failures.variance_explained(
+        torch.rand(10, 3), torch.arange(4)), "groups"),
+    ("failures: CCS pairs of different shapes", lambda m, t: __import__("helpers.failures").failures.ccs_fit(
+        torch.rand(10, 3), torch.rand(9, 3)), "positive"),
 ]
 
 # Harmless unusual forms: (id, unusual call, canonical call); both must give the same result.
@@ -165,6 +169,10 @@ SMOLLM2_ERRORS = [
     ("neurons: misspelt hook", lambda m: neurons.top_activating_tokens(m, ["a cat"], "blocks.0.mlp.hook_postt", 3), "closest"),
     ("neurons: neuron out of range", lambda m: neurons.top_activating_tokens(m, ["a cat"], "blocks.0.mlp.hook_post", 99999),
      "neuron"),
+    ("generation: empty continuation to score", lambda m: __import__("helpers.generation").generation.continuation_logprobs(
+        m, ["Hi"], ""), "continuation"),
+    ("generation: suffix scorer with free=0", lambda m: __import__("helpers.generation").generation.SuffixScorer(
+        m, ["Hello there"], "I", free=0), "free"),
 ]
 
 SMOLLM2_ACCEPTED = [

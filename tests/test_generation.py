@@ -71,3 +71,33 @@ def test_a_template_that_cannot_take_a_system_prompt_is_explained(smollm2, monke
     monkeypatch.setattr(smollm2.tokenizer, "chat_template", dropping)
     with pytest.raises(PromptError, match="dropped"):
         chat_prompts(smollm2, ["Hello"], system="Be brief.")
+
+
+def test_continuation_logprobs_equal_the_suffix_scorer_with_and_without_hooks(smollm2):
+    from helpers.generation import SuffixScorer, continuation_logprobs
+    from helpers.steering import last_position_addition_hooks, last_position_ablation_hooks
+
+    prompts = chat_prompts(smollm2, ["Tell me a joke.", "Hi", "Describe how to cook rice."], "Be brief.")
+    vector = random_directions(smollm2.cfg.d_model, 1, seed=5)[0] * 20
+
+    def add_last(k):  # the full-pass equivalent of adding at the last prompt token and the continuation
+        def hook(x, hook):
+            x = x.clone()
+            x[:, -k:] += vector
+            return x
+        return hook
+
+    scorer = SuffixScorer(smollm2, prompts, "I cannot", read=["blocks.3.hook_resid_pre"])
+    plain = continuation_logprobs(smollm2, prompts, "I cannot")
+    assert torch.allclose(scorer(), plain, atol=1e-4)
+    steered = continuation_logprobs(smollm2, prompts, "I cannot", fwd_hooks=[("blocks.10.hook_resid_pre", add_last(3))])
+    assert torch.allclose(scorer(last_position_addition_hooks(smollm2, vector, 10)), steered, atol=1e-4)
+    assert not torch.allclose(steered, plain, atol=1e-2)
+    assert torch.allclose(scorer(), plain, atol=1e-4)  # the cache is restored after each call
+    assert scorer.read["blocks.3.hook_resid_pre"].shape == (3, smollm2.cfg.d_model)
+    ablated = scorer(last_position_ablation_hooks(smollm2, vector))
+    assert ablated.shape == (3,) and not torch.allclose(ablated, plain, atol=1e-4)
+    with pytest.raises(PromptError, match="continuation"):
+        continuation_logprobs(smollm2, prompts, "")
+    with pytest.raises(PromptError, match="free"):
+        SuffixScorer(smollm2, prompts, "I", free=0)

@@ -68,6 +68,8 @@ TOY_MODELS: dict[str, ToySpec] = {
         ToySpec("path_star_reverse", "The path-star model with the path written goal-to-source (solves it; lesson 05)."),
         ToySpec("path_star_teacherless", "The path-star model trained without the previous path node in its input "
                 "(Bachmann & Nagarajan's teacherless fix; lesson 05)."),
+        ToySpec("addition", "1-layer model adding two numbers 0-99 given as single tokens (a bag of "
+                "heuristics in its MLP neurons that lesson 07 classifies and ablates)."),
     ]
 }
 
