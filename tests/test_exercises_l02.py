@@ -336,3 +336,35 @@ def test_raising_function_fails_without_raising(checker):
         raise RuntimeError("boom")
     result = checker(broken)
     assert result.status == FAILED and "RuntimeError: boom" in result.message
+
+
+# --- find_induction_head: the named head must pass the causal test on held-out prompts -------------
+
+def _top_by(kind, rank=0):
+    from helpers.attention import head_scores, top_heads
+
+    def answer(model, tokens):
+        layer, head, _ = top_heads(head_scores(model, tokens, (kind,))[kind], rank + 1)[rank]
+        return layer, head
+    answer.__name__ = f"top_{kind}_rank_{rank}"
+    return answer
+
+
+def find_a_head_with_a_negative_effect(model, tokens):
+    return 24, 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wrong", [_top_by("previous-token"), _top_by("induction", rank=1), _top_by("first-token"),
+                                   find_a_head_with_a_negative_effect], ids=["previous-token head (wrong class)",
+                                   "second induction score (no effect)", "first-token head", "negative effect"])
+def test_find_induction_head_check_rejects_heads_that_fail_the_causal_test(smollm2, wrong):
+    result = l02.check_find_induction_head(wrong, smollm2)
+    assert result.status == FAILED, result
+
+
+@pytest.mark.slow
+def test_find_induction_head_check_passes_the_reference_and_another_route(smollm2):
+    assert l02.check_find_induction_head(l02.reference_find_induction_head, smollm2).status == PASSED
+    # Another route: the single highest induction score happens to be the causal head here.
+    assert l02.check_find_induction_head(_top_by("induction"), smollm2).status == PASSED
