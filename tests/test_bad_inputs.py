@@ -91,6 +91,8 @@ TOY_ERRORS = [
         torch.rand(10, 3), torch.arange(4)), "groups"),
     ("failures: CCS pairs of different shapes", lambda m, t: __import__("helpers.failures").failures.ccs_fit(
         torch.rand(10, 3), torch.rand(9, 3)), "positive"),
+    ("faithfulness: zero arithmetic problems", lambda m, t: __import__("helpers.faithfulness").faithfulness.arithmetic_items(
+        torch.Generator().manual_seed(0), 0), "n"),
 ]
 
 # Harmless unusual forms: (id, unusual call, canonical call); both must give the same result.
@@ -173,6 +175,11 @@ SMOLLM2_ERRORS = [
         m, ["Hi"], ""), "continuation"),
     ("generation: suffix scorer with free=0", lambda m: __import__("helpers.generation").generation.SuffixScorer(
         m, ["Hello there"], "I", free=0), "free"),
+    ("faithfulness: arithmetic item with a two-digit sum", lambda m: __import__("helpers.faithfulness").faithfulness
+     .arithmetic_chain(m, [(7, 8, 1)]), "a+b <= 9"),
+    ("faithfulness: copy control with one distractor too few", lambda m: __import__("helpers.faithfulness").faithfulness
+     .copy_control(m, __import__("helpers.faithfulness").faithfulness.arithmetic_chain(m, [(1, 2, 1), (2, 3, 1)]), [4]),
+     "distractor"),
 ]
 
 SMOLLM2_ACCEPTED = [
