@@ -114,3 +114,45 @@ def test_mcnemar_counts_discordant_pairs():
 def test_hint_following_counts_only_informative_hints():
     out = fa.hint_following(torch.tensor([2, 1, 3]), torch.tensor([2, 1, 0]), torch.tensor([0, 1, 3]))
     assert out == {"followed": 0.5, "n": 2}
+
+
+# ---------------------------------------------------------------------------------------------
+# Templated arithmetic on SmolLM2 and the copying control
+
+
+def test_arithmetic_items_keep_every_value_one_digit():
+    items = fa.arithmetic_items(torch.Generator().manual_seed(0), 200)
+    assert len(items) == 200
+    assert all(1 <= a <= 9 and 1 <= b <= 9 and a + b <= 9 and 1 <= c <= a + b for a, b, c in items)
+    assert len(set(items)) > 20   # not one problem repeated
+
+
+def test_arithmetic_chain_refuses_a_tokenizer_that_splits_digits():
+    fake = SimpleNamespace(tokenizer=SimpleNamespace(bos_token_id=0, encode=lambda text, add_special_tokens=False:
+                                                     [5, 6] if text == "7" else [1] * max(1, len(text))))
+    with pytest.raises(TokenError, match="one token per digit"):
+        fa.arithmetic_chain(fake, [(1, 2, 1)])
+
+
+def test_copy_control_needs_a_slot_for_the_number(monkeypatch):
+    chain = fa.Chain([[0]], [[[]]], [[3]], [9], [1, 2, 3], [1, 2, 3])
+    with pytest.raises(fa.FaithfulnessError, match="distractor"):
+        fa.copy_control(None, chain, [0, 1])
+    with pytest.raises(fa.FaithfulnessError, match="{d}"):
+        fa.copy_control(None, chain, [0], sentence=". Room 5. Answer: ")
+
+
+@pytest.mark.slow
+def test_smollm2_answer_follows_the_last_step_not_the_last_number(smollm2):
+    """Measured on 40 problems (seed 6): answer = last step 1.000, copies the irrelevant number 0.000.
+
+    Tolerance: on 16 problems, at least 14 answers follow the written last step and at most 2 copy the
+    irrelevant 'Room d' number written after it.
+    """
+    items = fa.arithmetic_items(torch.Generator().manual_seed(6), 16)
+    chain = fa.arithmetic_chain(smollm2, items)
+    target = torch.tensor([a + b - c for a, b, c in items])
+    distractor = ((target + torch.randint(1, 10, (16,), generator=torch.Generator().manual_seed(7))) % 10).tolist()
+    result = fa.copy_control(smollm2, chain, distractor)
+    assert result.follows_last_step >= 14 / 16
+    assert result.copies_distractor <= 2 / 16
