@@ -37,6 +37,14 @@ def _fingerprint(tensor: torch.Tensor) -> float:
         return float(tensor.detach().sum()) if tensor.numel() else 0.0
 
 
+def _library_hook(hook) -> bool:
+    """True for hooks a library installs once and keeps on purpose: transformers adds inert output-capturing
+    hooks to every layer the first time attention patterns or hidden states are requested (e.g. the first
+    `run_with_cache` of `hook_pattern` on a bridge). They are not the learner's, and removing them would break
+    that library's later calls."""
+    return getattr(hook, "__module__", "") == "transformers.utils.output_capturing"
+
+
 def _lens_name(model: torch.nn.Module, hook_point) -> str | None:
     """The TransformerLens name a learner would use for a hook point (an alias such as blocks.0.hook_resid_pre
     rather than the bridge's own blocks.0.hook_in), or its own name."""
@@ -97,7 +105,8 @@ class _ModelSnapshot:
                 hooks = getattr(module, dict_name, None)
                 if hooks is None:
                     continue
-                for hook_id in [k for k in hooks if before is None or k not in before[dict_name]]:
+                for hook_id in [k for k in hooks if (before is None or k not in before[dict_name])
+                                and not _library_hook(hooks[k])]:
                     del hooks[hook_id]
                     for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs"):
                         getattr(module, extra, {}).pop(hook_id, None)

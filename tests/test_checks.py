@@ -154,6 +154,22 @@ def test_raw_torch_hooks_are_removed_too(prev_token_model):
     assert not any(len(m._forward_hooks) for m in prev_token_model.blocks[0].modules())
 
 
+def test_transformers_output_capturing_hooks_are_not_blamed_on_the_learner(prev_token_model):
+    # transformers installs these inert hooks once, the first time attention patterns are requested from a
+    # bridge; they are the library's, so a learner whose function triggers them has done nothing wrong.
+    from transformers.utils.output_capturing import install_output_capuring_hook
+
+    def triggers_library_hooks(model, tokens):
+        install_output_capuring_hook(model.blocks[0], "attentions", 1)
+        return model(tokens).detach()
+    try:
+        result = check("logits", triggers_library_hooks, lambda: _model_cases(prev_token_model))
+        assert result.status == PASSED, result.message
+        assert len(prev_token_model.blocks[0]._forward_hooks) == 1  # left in place: the library relies on it
+    finally:
+        prev_token_model.blocks[0]._forward_hooks.clear()
+
+
 def test_grad_mode_switched_off_is_reported_and_restored(prev_token_model):
     def no_grad_forever(model, tokens):
         torch.set_grad_enabled(False)
