@@ -18,3 +18,22 @@ def smollm2():
 def prev_token_model():
     """A shipped 1-layer toy model whose previous-token head is planted by training."""
     return load("prev-token")
+
+
+# Longest files first, so the two workers of `./course test` finish together (longest-processing-time-first
+# scheduling; tests/run.py turns off xdist's own reordering by test count). Rough seconds under nbval in a full
+# run on the 2-core machine; only the order matters, and a file missing here simply runs after these.
+SLOW_FIRST = {
+    "notebooks/07_failures.ipynb": 450, "notebooks/04_causal_interventions.ipynb": 400,
+    "notebooks/04b_ioi_circuit.ipynb": 250, "notebooks/03_directions_and_probes.ipynb": 200,
+    "notebooks/08_features.ipynb": 200, "notebooks/06_faithfulness.ipynb": 150,
+    "notebooks/02_induction_heads.ipynb": 150, "solutions/04_causal_interventions.ipynb": 100,
+    "exercises/04_causal_interventions.ipynb": 100, "notebooks/05_planning.ipynb": 80,
+    "tests/test_addition_toy.py": 60, "solutions/02_induction_heads.ipynb": 50,
+    "exercises/02_induction_heads.ipynb": 50, "solutions/08_features.ipynb": 40, "exercises/08_features.ipynb": 40,
+    "solutions/07_failures.ipynb": 35, "exercises/07_failures.ipynb": 35,
+}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: SLOW_FIRST.get(item.nodeid.split("::")[0], 0), reverse=True)  # stable: cells keep their order

@@ -22,7 +22,7 @@ def main(extra: list[str]) -> int:
         sys.executable, "-m", "pytest", "tests", *notebooks,
         "--nbval", "--nbval-current-env", "--nbval-cell-timeout=900",
         "--nbval-sanitize-with", "tests/nbval_sanitize.cfg",
-        "-n", workers, "--dist", "loadfile", "-q", "-rfEs", *extra,
+        "-n", workers, "--dist", "loadfile", "--no-loadscope-reorder", "-q", "-rfEs", *extra,
     ]
     print("+", " ".join(command[1:]), flush=True)
     # Torch threads: one per worker, so parallel notebooks do not fight over the cores.
