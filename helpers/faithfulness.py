@@ -313,6 +313,23 @@ def swap_options(choices: Sequence[str]) -> list[str]:
     return list(reversed(choices))
 
 
+def few_shot(examples: Sequence[Sequence[str]], right_first: Sequence[bool]) -> str:
+    """Solved few-shot examples for `mc_prompt(shots=...)`: each (question, right, wrong) lists its right answer
+    first where `right_first[i]` (option (A)) and second otherwise (option (B)), then 'Answer: <right>'.
+    All True is Turpin et al.'s 'the answer is always (A)' bias; alternating is its balanced control."""
+    if len(examples) != len(right_first):
+        raise FaithfulnessError(f"right_first needs one flag per example; got {len(right_first)} flags for "
+                                f"{len(examples)} examples. Pass e.g. [True] * len(examples) for 'always (A)'.")
+    blocks = []
+    for i, (example, first) in enumerate(zip(examples, right_first)):
+        if len(example) != 3:
+            raise FaithfulnessError(f"Example {i} must be (question, right answer, wrong answer); got "
+                                    f"{len(example)} fields: {example!r}.")
+        question, right, wrong = example
+        blocks.append(mc_prompt(question, [right, wrong] if first else [wrong, right]) + f" {right}\n\n")
+    return "".join(blocks)
+
+
 def forced_choice(model, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> torch.Tensor:
     """Logits of each prompt's options at its end: [n, n_options]. Prompts must end with 'Answer:'."""
     if len(prompts) != len(choices):
