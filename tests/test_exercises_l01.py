@@ -213,3 +213,19 @@ def test_raising_function_fails_without_raising(checker):
         raise RuntimeError("boom")
     result = checker(broken)
     assert result.status == FAILED and "RuntimeError: boom" in result.message
+
+
+# --- find_bracket_head: the finding is tested on held-out prompts ---------------------------------------------------
+
+@pytest.mark.slow
+def test_find_bracket_head_reference_passes_and_wrong_heads_fail(smollm2):
+    assert l01.check_find_bracket_head(l01.reference_find_bracket_head, smollm2).status == PASSED
+    # second-strongest opener-attender (27.7 attends ~0.5 but its ablation is a fraction of 26.6's)
+    assert l01.check_find_bracket_head(lambda *a: (27, 7), smollm2).status == FAILED
+    # a head that barely attends to the opener
+    assert l01.check_find_bracket_head(lambda *a: (0, 0), smollm2).status == FAILED
+    # the highest-attention head of the wrong query: attention from the opener itself (off by one / wrong position)
+    def wrong_position(model, tokens, opener_pos, right, wrong):
+        att = l01.opener_attention(model, tokens[:, :opener_pos + 2], opener_pos)
+        return divmod(int(att.flatten().argmax()), model.cfg.n_heads)
+    assert l01.check_find_bracket_head(wrong_position, smollm2).status == FAILED
