@@ -93,6 +93,10 @@ TOY_ERRORS = [
         torch.rand(10, 3), torch.rand(9, 3)), "positive"),
     ("faithfulness: zero arithmetic problems", lambda m, t: __import__("helpers.faithfulness").faithfulness.arithmetic_items(
         torch.Generator().manual_seed(0), 0), "n"),
+    ("faithfulness: few-shot flags of the wrong length", lambda m, t: __import__("helpers.faithfulness").faithfulness
+     .few_shot([("q", "a", "b")], [True, False]), "right_first"),
+    ("faithfulness: few-shot example without its wrong answer", lambda m, t: __import__("helpers.faithfulness")
+     .faithfulness.few_shot([("q", "a")], [True]), "example 0"),
 ]
 
 # Harmless unusual forms: (id, unusual call, canonical call); both must give the same result.
