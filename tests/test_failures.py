@@ -49,3 +49,36 @@ def test_rotations_put_the_right_answer_under_every_letter_once():
         assert f"{'ABCD'[correct]}. 4" in body
     with pytest.raises(PromptError):
         mcq_prompts("2 + 2?", ["4", "3"], 0)
+
+
+@pytest.mark.slow
+def test_smollm2_prefers_the_first_option_and_prior_subtraction_moves_answers_off_it(smollm2):
+    """Lesson 07's letter prior, re-measured: SmolLM2 picks the first option whatever it holds (lesson: A in 71 of
+    80 prompts; 16 of 20 with four identical 'N/A' options), and PriDe's prior subtraction, estimated on 8
+    questions, moves answers of the other 12 off A (lesson: 40 -> 28 of 48)."""
+    import torch
+
+    from helpers.failures import load_json, symbol_ids
+    from helpers.generation import chat_prompts, last_logits
+
+    questions = load_json("l07_mcq")["questions"]
+
+    def letter_logprobs(qs, content=None):
+        bodies, correct = [], []
+        for question, options, right in qs:
+            for body, c in mcq_prompts(question, content or options, right):
+                bodies.append(body)
+                correct.append(c)
+        logits = last_logits(smollm2, chat_prompts(smollm2, bodies))[:, symbol_ids(smollm2, "ABCD")]
+        return logits.log_softmax(-1).reshape(-1, 4, 4), torch.tensor(correct).reshape(-1, 4)
+
+    lp, correct = letter_logprobs(questions)
+    chosen = lp.argmax(-1)
+    assert (chosen == 0).sum() >= 60, f"A chosen {(chosen == 0).sum()} of {chosen.numel()}"
+    assert (chosen == correct).float().mean() <= 0.40  # near chance: the prior, not the content, decides
+    free, _ = letter_logprobs(questions[:5], content=["N/A"] * 4)
+    assert (free.argmax(-1) == 0).sum() >= 12  # the same preference with nothing to choose between
+    prior = lp[:8].reshape(-1, 4).mean(0).log_softmax(-1)
+    assert prior.exp()[0] > 0.4 and prior.exp()[1:].max() < 0.25
+    before, after = lp[8:].argmax(-1), (lp[8:] - prior).argmax(-1)
+    assert (before == 0).sum() - (after == 0).sum() >= 6
