@@ -42,6 +42,7 @@ from collections.abc import Callable
 import torch
 
 from helpers.checks import Case, CheckResult, check
+from helpers.exercises import pair_or_problem
 from helpers.lens import lens_logits as reference_lens_logits
 from helpers.lens import top_k_next_tokens as reference_top_k_next_tokens
 from helpers.neurons import collect_activations, load_sentences, mlp_hook, rank_neurons_across_hooks
@@ -220,13 +221,11 @@ class _HoldsUpOnHeldOut:
         self.model, self.concept, self.control = model, concept, control
 
     def __call__(self, got) -> str | None:
-        try:
-            layer, neuron = (int(x) for x in got)
-        except (TypeError, ValueError):
-            return f"expected a pair (layer, neuron) of integers, got {got!r}"
         cfg = self.model.cfg
-        if not (0 <= layer < cfg.n_layers and 0 <= neuron < cfg.d_mlp):
-            return f"({layer}, {neuron}) is not a neuron: layers 0..{cfg.n_layers - 1}, neurons 0..{cfg.d_mlp - 1}"
+        pair = pair_or_problem(got, (cfg.n_layers, cfg.d_mlp), ("layer", "neuron"))
+        if isinstance(pair, str):
+            return pair
+        layer, neuron = pair
         test = held_out_neuron_test(self.model, layer, neuron, self.concept, self.control)
         if test["effect"] < MIN_HELD_OUT_EFFECT or test["auc"] < MIN_HELD_OUT_AUC:
             return (f"neuron {neuron} of block {layer} does not hold up on held-out sentences: effect "

@@ -28,6 +28,7 @@ import torch
 from helpers.attention import pattern_from_qk
 from helpers.attention import previous_token_score as _previous_token_score
 from helpers.checks import Case, CheckResult, check
+from helpers.exercises import pair_or_problem, random_heads
 
 
 def reference_causal_pattern(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -208,13 +209,11 @@ class _BracketHeadPassesTheCausalTest:
         self.model, self.seed = model, seed
 
     def __call__(self, got) -> str | None:
-        try:
-            layer, head = (int(x) for x in got)
-        except (TypeError, ValueError):
-            return f"expected a pair (layer, head) of integers, got {got!r}"
         cfg = self.model.cfg
-        if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
-            return f"({layer}, {head}) is not a head: layers 0..{cfg.n_layers - 1}, heads 0..{cfg.n_heads - 1}"
+        pair = pair_or_problem(got, (cfg.n_layers, cfg.n_heads), ("layer", "head"))
+        if isinstance(pair, str):
+            return pair
+        layer, head = pair
         gen = torch.Generator().manual_seed(self.seed)
         tokens, opener_pos, right, wrong = bracket_prompts(self.model, 8, 5, gen, lead="Here are the items")
         reference, _, _, _ = bracket_prompts(self.model, 16, 5, gen, lead="Here are the items")
@@ -224,8 +223,7 @@ class _BracketHeadPassesTheCausalTest:
             return (f"head {layer}.{head} puts only {score:.2f} of the last position's attention on the opening bracket "
                     f"of held-out prompts (need >= {MIN_OPENER_ATTENTION}); find the head's class before its effect")
         top = [divmod(i, cfg.n_heads) for i in att.flatten().topk(5).indices.tolist()]
-        draws = torch.randperm(cfg.n_layers * cfg.n_heads, generator=gen)[:N_RANDOM_BRACKET_HEADS].tolist()
-        randoms = [divmod(i, cfg.n_heads) for i in draws]
+        randoms = random_heads(cfg, N_RANDOM_BRACKET_HEADS, gen)
         drops = bracket_ablation_drops(self.model, tokens, right, wrong, [(layer, head), *top, *randoms],
                                        _z_means(self.model, reference))
         mine, best, random = drops[0].item(), drops[1:1 + len(top)].max().item(), drops[1 + len(top):]
@@ -240,7 +238,6 @@ class _BracketHeadPassesTheCausalTest:
 def _bracket_cases(model) -> list[Case]:
     hint = ("score every head by the last position's attention to the opener, then mean-ablate the top few one at "
             "a time and return the one whose ablation cuts the closer's logit difference most")
-    opener_attention(model, bracket_prompts(model, 2, 2, torch.Generator().manual_seed(0))[0], 3)  # bridge's own hooks
     cases = []
     for name, seed, held_seed, n, items in [("8 prompts with 4 items", 11, 2001, 8, 4),
                                             ("6 prompts with 3 items", 12, 2002, 6, 3)]:

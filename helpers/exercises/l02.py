@@ -52,6 +52,7 @@ from helpers.ablation import head_means
 from helpers.attention import head_scores, repeated_random_tokens, top_heads
 from helpers.attention import induction_score as _induction_score
 from helpers.checks import Case, CheckResult, check
+from helpers.exercises import pair_or_problem, random_heads
 from helpers.induction import composition_score, per_token_loss
 
 
@@ -238,13 +239,11 @@ class _PassesTheCausalTest:
         self.model, self.seed = model, seed
 
     def __call__(self, got) -> str | None:
-        try:
-            layer, head = (int(x) for x in got)
-        except (TypeError, ValueError):
-            return f"expected a pair (layer, head) of integers, got {got!r}"
         cfg = self.model.cfg
-        if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
-            return f"({layer}, {head}) is not a head: layers 0..{cfg.n_layers - 1}, heads 0..{cfg.n_heads - 1}"
+        pair = pair_or_problem(got, (cfg.n_layers, cfg.n_heads), ("layer", "head"))
+        if isinstance(pair, str):
+            return pair
+        layer, head = pair
         gen = torch.Generator().manual_seed(self.seed)
         held_out = repeated_random_tokens(self.model, 4, HALF, gen)
         reference = repeated_random_tokens(self.model, 12, HALF, gen)  # per-position means from other prompts
@@ -254,8 +253,7 @@ class _PassesTheCausalTest:
             return (f"head {layer}.{head} is not an induction head on the held-out prompts: induction score "
                     f"{score:.2f} (need >= {MIN_INDUCTION_SCORE}); find the head's class before its effect")
         top = [(lay, hd) for lay, hd, _ in top_heads(scores, 5)]
-        draws = torch.randperm(cfg.n_layers * cfg.n_heads, generator=gen)[:N_RANDOM_HEADS].tolist()
-        randoms = [(i // cfg.n_heads, i % cfg.n_heads) for i in draws]
+        randoms = random_heads(cfg, N_RANDOM_HEADS, gen)
         heads = [(layer, head), *top, *randoms]
         effects = ablation_effects(self.model, held_out, heads, HALF, head_means(self.model, reference, per_position=True))
         mine, best, random = effects[0].item(), effects[1:1 + len(top)].max().item(), effects[1 + len(top):]
@@ -270,9 +268,6 @@ class _PassesTheCausalTest:
 def _find_cases(model) -> list[Case]:
     hint = ("score every head for induction on the tokens you are given, then test the top few causally "
             "(mean-ablate each alone, per-position means) and return the one whose ablation hurts copying most")
-    # The first run_with_cache of attention patterns makes the bridge attach ~150 lasting hooks of its own;
-    # do it here, outside the learner's function, so the side-effect guard does not blame the learner.
-    head_scores(model, repeated_random_tokens(model, 1, 2, torch.Generator().manual_seed(0)), ("induction",))
     cases = []
     for name, seed, held_seed, half in [("4 prompts of 2 x 12 random tokens", 7, 1001, 12),
                                         ("3 prompts of 2 x 8 random tokens", 8, 1002, 8)]:
