@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -55,8 +56,12 @@ def _check(model, clean, corrupted, senders, receivers, receiver_input):
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     with validate.reraise_as(PathPatchingError):
         senders = validate.head_list(senders, "senders", n_layers, n_heads)
+        if not senders:
+            raise PathPatchingError("`senders` is empty: name at least one (layer, head) whose path to patch.")
         if not (isinstance(receivers, str) and receivers == "logits"):
             receivers = validate.head_list(receivers, "receivers", n_layers, n_heads)
+            if not receivers:
+                raise PathPatchingError("`receivers` is empty: name at least one (layer, head), or pass \"logits\".")
             receiver_input = validate.choice(receiver_input, "receiver_input", RECEIVER_INPUTS)
             first = min(layer for layer, _ in receivers)
             late = [s for s in senders if s[0] >= first]
@@ -119,6 +124,13 @@ def path_patch_each_receiver(model, clean_tokens, corrupted_tokens, metric: Metr
     The same number as `path_patch(..., [sender], [receiver], receiver_input)` for each receiver, with
     the caches built once: a sweep of where one head's effect goes.
     """
+    if isinstance(receivers, str) and receivers == "logits":
+        raise PathPatchingError("`receivers` must be (layer, head) pairs here; for a sender's direct path to the "
+                                "logits use path_patch(..., senders=[sender], receivers=\"logits\").")
+    pair = sender.tolist() if isinstance(sender, (torch.Tensor, np.ndarray)) else sender
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and not isinstance(pair[0], (tuple, list))):
+        raise PathPatchingError(f"`sender` must be one (layer, head) pair such as (17, 4), got {validate.describe(sender)}; "
+                                "for several senders together use path_patch.")
     clean, corrupted, senders, receivers, receiver_input = _check(
         model, clean_tokens, corrupted_tokens, [sender], receivers, receiver_input)
     setup = _setup(model, clean, corrupted, metric)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ablation, attention, attribution, induction, lens, neurons, patching, probes, tokens
+from helpers import ablation, attention, attribution, induction, lens, neurons, patching, path_patching, probes, tokens
 from helpers.errors import MicroscopeError
 from helpers.models import load
 from helpers.toy import load_toy
@@ -97,6 +97,20 @@ TOY_ERRORS = [
      .few_shot([("q", "a", "b")], [True, False]), "right_first"),
     ("faithfulness: few-shot example without its wrong answer", lambda m, t: __import__("helpers.faithfulness")
      .faithfulness.few_shot([("q", "a")], [True]), "example 0"),
+    ("path patching: each receiver of 'logits'", lambda m, t: path_patching.path_patch_each_receiver(
+        m, t, t.flip(0), _metric, (0, 1), "logits", progress=False), "path_patch"),
+    ("path patching: a list of senders to each receiver", lambda m, t: path_patching.path_patch_each_receiver(
+        m, t, t.flip(0), _metric, [(0, 1), (0, 0)], [(1, 0)], progress=False), "sender"),
+    ("path patching: no receivers", lambda m, t: path_patching.path_patch_each_receiver(
+        m, t, t.flip(0), _metric, (0, 1), [], progress=False), "receivers"),
+    ("path patching: no senders", lambda m, t: path_patching.path_patch(m, t, t.flip(0), _metric, [], progress=False),
+     "senders"),
+    ("path patching: sender not before its receiver", lambda m, t: path_patching.path_patch_each_receiver(
+        m, t, t.flip(0), _metric, (1, 1), [(1, 0)], progress=False), "later layers"),
+    ("path patching: unknown receiver input", lambda m, t: path_patching.path_patch_each_receiver(
+        m, t, t.flip(0), _metric, (0, 1), [(1, 0)], "z", progress=False), "receiver_input"),
+    ("path patching: sender out of range", lambda m, t: path_patching.path_patch_each_receiver(
+        m, t, t.flip(0), _metric, (0, 9), [(1, 0)], progress=False), "does not exist"),
 ]
 
 # Harmless unusual forms: (id, unusual call, canonical call); both must give the same result.
@@ -122,6 +136,9 @@ TOY_ACCEPTED = [
      lambda m, t, c: patching.head_sweep(m, t, t.flip(0), _metric, progress=False)),
     ("one pair kept in a circuit", lambda m, t, c: attribution.run_with_only_heads(m, t, (1, 1)),
      lambda m, t, c: attribution.run_with_only_heads(m, t, [(1, 1)])),
+    ("numpy ints in a path-patching sender", lambda m, t, c: path_patching.path_patch_each_receiver(
+        m, t, t.flip(0), _metric, (np.int64(0), np.int64(1)), [(1, 0), (1, 1)], progress=False),
+     lambda m, t, c: path_patching.path_patch_each_receiver(m, t, t.flip(0), _metric, (0, 1), [(1, 0), (1, 1)], progress=False)),
 ]
 
 
