@@ -201,6 +201,16 @@ SMOLLM2_ERRORS = [
     ("faithfulness: copy control with one distractor too few", lambda m: __import__("helpers.faithfulness").faithfulness
      .copy_control(m, __import__("helpers.faithfulness").faithfulness.arithmetic_chain(m, [(1, 2, 1), (2, 3, 1)]), [4]),
      "distractor"),
+    ("exercise 01: bracket prompts with more items than words", lambda m: __import__("helpers.exercises.l01").exercises
+     .l01.bracket_prompts(m, 4, 40, torch.Generator().manual_seed(0)), "items"),
+    ("exercise 01: bracket prompts with a seed for a generator", lambda m: __import__("helpers.exercises.l01").exercises
+     .l01.bracket_prompts(m, 4, 3, 0), "generator"),
+    ("exercise 01: opener position beyond the prompt", lambda m: __import__("helpers.exercises.l01").exercises
+     .l01.opener_attention(m, torch.tensor([[1, 2, 3]]), 7), "opener_pos"),
+    ("exercise 01: ablation drops with no heads", lambda m: __import__("helpers.exercises.l01").exercises
+     .l01.bracket_ablation_drops(m, torch.tensor([[1, 2, 3]]), torch.tensor([4]), torch.tensor([5]), [], {}), "heads"),
+    ("exercise 01: ablation drops without a layer's means", lambda m: __import__("helpers.exercises.l01").exercises
+     .l01.bracket_ablation_drops(m, torch.tensor([[1, 2, 3]]), torch.tensor([4]), torch.tensor([5]), [(3, 1)], {}), "means"),
 ]
 
 SMOLLM2_ACCEPTED = [

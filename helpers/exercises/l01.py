@@ -27,7 +27,9 @@ import torch
 
 from helpers.attention import pattern_from_qk
 from helpers.attention import previous_token_score as _previous_token_score
+from helpers import validate
 from helpers.checks import Case, CheckResult, check
+from helpers.errors import MicroscopeError
 from helpers.exercises import pair_or_problem, random_heads
 
 
@@ -137,7 +139,18 @@ MIN_SHARE_OF_BEST_BRACKET = 0.5
 
 def bracket_prompts(model, n: int, items: int, generator: torch.Generator, lead: str = "The list"):
     """n prompts '<lead> ( w1, ..., w_items' alternating ( and [: (tokens [n, pos], opener position, right, wrong closer ids)."""
-    tok = model.tokenizer
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise MicroscopeError("bracket_prompts needs a model with a tokenizer (SmolLM2), not a toy model.")
+    n = validate.positive_int(n, "n")
+    items = validate.positive_int(items, "items")
+    if items > len(BRACKET_WORDS):
+        raise MicroscopeError(f"`items`={items}: a prompt lists distinct words from {len(BRACKET_WORDS)}, so at most "
+                              f"{len(BRACKET_WORDS)} items.")
+    if not isinstance(generator, torch.Generator):
+        raise MicroscopeError(f"`generator` must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
+                              f"{validate.describe(generator)}.")
+    lead = validate.text(lead, "lead")
     texts, right, wrong = [], [], []
     for i in range(n):
         opener, closer = PAIRS[i % 2]
@@ -158,6 +171,10 @@ def _closer_margin(logits: torch.Tensor, right: torch.Tensor, wrong: torch.Tenso
 
 def opener_attention(model, tokens: torch.Tensor, opener_pos: int) -> torch.Tensor:
     """[n_layers, n_heads]: mean attention from the last position to the opener."""
+    tokens = validate.token_ids(tokens, "tokens", getattr(model.cfg, "d_vocab", None))
+    if tokens.ndim != 2:
+        raise MicroscopeError(f"`tokens` must be a batch [n_prompts, n_positions], got shape {tuple(tokens.shape)}.")
+    opener_pos = validate.index(opener_pos, "opener_pos", tokens.shape[1], "positions")
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("attn.hook_pattern"))
     return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][:, :, -1, opener_pos].float().mean(0)
@@ -166,6 +183,17 @@ def opener_attention(model, tokens: torch.Tensor, opener_pos: int) -> torch.Tens
 
 def bracket_ablation_drops(model, tokens, right, wrong, heads, means) -> torch.Tensor:
     """Drop in the closer margin (mean over prompts) when each head ALONE is mean-ablated: [len(heads)]."""
+    heads = validate.head_list(heads, "heads", model.cfg.n_layers, model.cfg.n_heads)
+    if not heads:
+        raise MicroscopeError("`heads` is empty: name at least one (layer, head) to ablate.")
+    tokens = validate.token_ids(tokens, "tokens", getattr(model.cfg, "d_vocab", None))
+    if tokens.ndim != 2 or len(right) != tokens.shape[0] or len(wrong) != tokens.shape[0]:
+        raise MicroscopeError(f"`tokens` [n_prompts, n_positions] and one right and one wrong closer id per prompt are "
+                              f"needed: got tokens {tuple(tokens.shape)}, {len(right)} right and {len(wrong)} wrong ids.")
+    missing = sorted({layer for layer, _ in heads} - set(means))
+    if missing:
+        raise MicroscopeError(f"`means` has no mean head output for layer(s) {missing}: pass the per-layer means "
+                              "of hook_z ({layer: [n_positions, n_heads, d_head]}).")
     batch, n = tokens.shape[0], len(heads)
     by_layer: dict[int, list[tuple[int, int]]] = {}
     for v, (layer, head) in enumerate(heads):
