@@ -20,6 +20,7 @@ same score with the head's matrices replaced by Gaussian matrices of the same sh
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -58,6 +59,32 @@ def _embed_unembed(model) -> tuple[torch.Tensor, torch.Tensor]:
     return W_E, W_U
 
 
+# The [d_model, d_model] products over the vocabulary (W_U W_E and W_E^T W_E) cost a pass over the
+# 49k-row embedding each; random baselines need them once per call, so they are kept per model and
+# recomputed whenever a weight they come from is replaced or edited in place.
+_PRODUCTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _vocab_products(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_U W_E, W_E^T W_E), both [d_model, d_model], with the final norm's weight folded into W_U."""
+    sources = [model.W_E, model.W_U, getattr(getattr(model, "ln_final", None), "weight", None)]
+    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) if isinstance(t, torch.Tensor) else None for t in sources)
+    try:
+        cached = _PRODUCTS.get(model)
+    except TypeError:  # a model that cannot be weakly referenced: no cache
+        cached = None
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    W_E, W_U = _embed_unembed(model)
+    with torch.no_grad():
+        products = (W_U @ W_E, W_E.T @ W_E)
+    try:
+        _PRODUCTS[model] = (key, products)
+    except TypeError:
+        pass
+    return products
+
+
 def eigen_score(matrix: torch.Tensor) -> float:
     """sum(eigenvalues) / sum(|eigenvalues|) of a square matrix (real part of the sum)."""
     eigenvalues = torch.linalg.eigvals(matrix.double())
@@ -75,8 +102,7 @@ def _heads(model, heads, name: str) -> list[Head]:
 
 def ov_copying_scores(model, heads: Sequence[Head]) -> torch.Tensor:
     """Copying score of each head's full OV circuit W_E W_V W_O W_U: [len(heads)], in [-1, 1]."""
-    W_E, W_U = _embed_unembed(model)
-    unembed_embed = W_U @ W_E  # [d_model, d_model]
+    unembed_embed, _ = _vocab_products(model)  # W_U W_E, [d_model, d_model]
     return torch.tensor([_copying(w["W_V"], w["W_O"], unembed_embed)
                          for w in (head_weights(model, l, h) for l, h in _heads(model, heads, "heads"))])
 
@@ -102,8 +128,7 @@ def qk_induction_scores(model, induction_heads: Sequence[Head], previous_heads: 
     Positive: a query token matches keys whose previous token is the same token (induction).
     Previous-token heads must sit in a layer before the induction head (else NaN).
     """
-    W_E, _ = _embed_unembed(model)
-    gram = W_E.T @ W_E  # [d_model, d_model]
+    _, gram = _vocab_products(model)  # W_E^T W_E, [d_model, d_model]
     induction_heads = _heads(model, induction_heads, "induction_heads")
     previous_heads = _heads(model, previous_heads, "previous_heads")
     scores = torch.full((len(induction_heads), len(previous_heads)), float("nan"))
@@ -132,8 +157,7 @@ def _gaussian_like(matrix: torch.Tensor, generator: torch.Generator) -> torch.Te
 def ov_random_baseline(model, layer: int, draws: int = 200, seed: int = 0) -> torch.Tensor:
     """Copying scores of `draws` random OV circuits (Gaussian W_V, W_O with layer `layer`'s shapes and norms): [draws]."""
     layer = validate.index(layer, "layer", model.cfg.n_layers, "layers", allow_negative=False)
-    W_E, W_U = _embed_unembed(model)
-    unembed_embed = W_U @ W_E
+    unembed_embed, _ = _vocab_products(model)
     w = head_weights(model, layer, 0)
     generator = torch.Generator().manual_seed(seed)
     return torch.tensor([_copying(_gaussian_like(w["W_V"], generator), _gaussian_like(w["W_O"], generator),
@@ -145,8 +169,7 @@ def qk_random_baseline(model, induction_head: Head, previous_head: Head, draws: 
     """QK induction scores with the induction head's W_Q, W_K and the previous head's OV replaced by Gaussians: [draws]."""
     (layer, head), = _heads(model, [induction_head], "induction_head")
     (p_layer, p_head), = _heads(model, [previous_head], "previous_head")
-    W_E, _ = _embed_unembed(model)
-    gram = W_E.T @ W_E
+    _, gram = _vocab_products(model)
     w, p = head_weights(model, layer, head), head_weights(model, p_layer, p_head)
     generator = torch.Generator().manual_seed(seed)
     out = []

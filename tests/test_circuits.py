@@ -54,3 +54,22 @@ def test_bad_heads_are_refused(toy):
 def test_eigen_score_of_identity_and_its_negative():
     assert circuits.eigen_score(torch.eye(4)) == pytest.approx(1.0)
     assert circuits.eigen_score(-torch.eye(4)) == pytest.approx(-1.0)
+
+
+def test_cached_vocabulary_products_follow_in_place_weight_edits(toy):
+    """The W_U W_E / W_E^T W_E cache is reused while the weights stand and rebuilt when one is edited."""
+    heads = [(1, 0), (1, 1)]
+    before = circuits.ov_copying_scores(toy, heads)
+    assert circuits._vocab_products(toy)[1] is circuits._vocab_products(toy)[1]  # reused, not recomputed
+    original = toy.W_E.detach().clone()
+    try:
+        with torch.no_grad():
+            toy.W_E.mul_(-1.0)  # in place: W_U W_E changes sign, so every copying score flips
+        flipped = circuits.ov_copying_scores(toy, heads)
+        W_E, W_U = circuits._embed_unembed(toy)
+        assert torch.allclose(circuits._vocab_products(toy)[0], W_U @ W_E)
+        assert torch.allclose(flipped, -before, atol=1e-5)
+    finally:
+        with torch.no_grad():
+            toy.W_E.copy_(original)
+    assert torch.allclose(circuits.ov_copying_scores(toy, heads), before, atol=1e-6)
