@@ -111,6 +111,11 @@ TOY_ERRORS = [
         m, t, t.flip(0), _metric, (0, 1), [(1, 0)], "z", progress=False), "receiver_input"),
     ("path patching: sender out of range", lambda m, t: path_patching.path_patch_each_receiver(
         m, t, t.flip(0), _metric, (0, 9), [(1, 0)], progress=False), "does not exist"),
+    ("run from layer: a hook below the start layer", lambda m, t: patching.RunFromLayer(m, t, 1)(
+        [("blocks.0.attn.hook_z", lambda z, hook: z)]), "blocks.1 or later"),
+    ("run from layer: layer out of range", lambda m, t: patching.RunFromLayer(m, t, 5), "layer"),
+    ("run from layer: a position mask that is not boolean", lambda m, t: patching.RunFromLayer(m, t, 1)(
+        at=torch.ones_like(t)), "`at`"),
 ]
 
 # Harmless unusual forms: (id, unusual call, canonical call); both must give the same result.
