@@ -574,3 +574,69 @@ def attribution_patch(model, clean_tokens, corrupted_tokens, metric: Metric,
                 per_layer.append(product.sum(dim=(0, 1, 3)))
         result[site] = torch.stack(per_layer).detach().cpu()
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-running only the top of the model
+
+
+class RunFromLayer:
+    """Many hooked runs of the same prompts whose hooks all sit at or above one layer.
+
+    A hook on block `layer` or later cannot change blocks below it, so their output (the residual
+    stream entering `layer`) is computed once, here; each call then runs only blocks `layer`.. and
+    the unembedding, for `copies` repeats of the batch (copy c is rows c*B .. c*B + B - 1, so one
+    call can hold many variants, each hook editing its own rows). `at`, a boolean mask
+    [batch, pos], unembeds only those positions (the others are usually most of the cost of the
+    logits). The replay is checked once against the model's own forward pass; a model whose blocks
+    cannot be called this way runs every call in full (the same numbers, slower).
+    """
+
+    def __init__(self, model, tokens, layer: int):
+        with validate.reraise_as(PatchingError):
+            tokens = validate.token_ids(tokens, "tokens", model.cfg.d_vocab).to(model.cfg.device)
+            self.layer = validate.index(layer, "layer", model.cfg.n_layers, "layers", allow_negative=False)
+        self.model, self.tokens = model, tokens
+        name = f"blocks.{self.layer}.hook_resid_pre"
+        self.replayer = _Replay(model, tokens.shape[0], tokens.shape[1])
+        self.replayer.capture()
+        try:
+            with torch.no_grad():
+                self.logits, cache = model.run_with_cache(tokens, names_filter=[name])
+        finally:
+            self.replayer.release()
+        self.resid = cache[name]
+        try:
+            with torch.no_grad():
+                self.exact = _close(self._top(self.resid, None, record=True), self.logits)
+        except Exception:  # an architecture whose blocks need more than we captured
+            self.exact = False
+
+    def _top(self, x: torch.Tensor, at: torch.Tensor | None, record: bool = False) -> torch.Tensor:
+        for layer in range(self.layer, self.model.cfg.n_layers):
+            x = self.replayer.block(layer, x, 0, record)
+        return self.replayer.logits(x if at is None else x[at])
+
+    def __call__(self, fwd_hooks=(), copies: int = 1, at: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [copies * batch, pos, vocab] with `fwd_hooks` on ([n, vocab] at the n True cells of `at`
+        repeated `copies` times)."""
+        with validate.reraise_as(PatchingError):
+            copies = validate.positive_int(copies, "copies")
+        fwd_hooks = list(fwd_hooks)
+        for hook in fwd_hooks:
+            name = hook[0] if isinstance(hook, (tuple, list)) and len(hook) == 2 else None
+            parts = name.split(".") if isinstance(name, str) else []
+            if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit() or int(parts[1]) < self.layer:
+                raise PatchingError(f"Every hook must be a (name, function) pair on blocks.{self.layer} or later "
+                                    f"(this run starts at layer {self.layer}), got {validate.describe(name if name else hook)}; "
+                                    "start from a lower layer, or run the model in full with run_with_hooks.")
+        if at is not None:
+            if not isinstance(at, torch.Tensor) or at.dtype != torch.bool or at.shape != self.tokens.shape:
+                raise PatchingError(f"`at` must be a boolean mask shaped like the tokens {tuple(self.tokens.shape)}, "
+                                    f"got {validate.describe(at)}.")
+            at = at.to(self.resid.device).repeat(copies, 1)
+        with torch.no_grad(), self.model.hooks(fwd_hooks=fwd_hooks):
+            if not self.exact:
+                logits = self.model(self.tokens.repeat(copies, 1))
+                return logits if at is None else logits[at]
+            return self._top(self.resid.repeat(copies, 1, 1), at)
