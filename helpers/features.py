@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from helpers import validate
+from helpers.patching import RunFromLayer
 from helpers.sae import SAE, SAEError, _padded
 
 
@@ -174,30 +175,54 @@ def ablation_hook(sae: SAE, feature: int):
     return sae.hook, hook
 
 
-def last_token_logprobs(model, prompts: Sequence[str], answer_ids: Sequence[int], fwd_hooks=()) -> torch.Tensor:
-    """Mean log-probability of the `answer_ids` tokens at each prompt's last position [n_prompts]."""
+def prompt_run(model, prompts: Sequence[str], layer: int) -> tuple[RunFromLayer, torch.Tensor]:
+    """(run, last) for many hooked runs of the same prompts: `run` replays blocks `layer`.. of the padded prompts
+    (every hook must sit at that layer or later; the blocks below run once, here), and `last` [n_prompts, pos]
+    marks each prompt's last position. Pass the pair as `run=` to last_token_logprobs or answer_logprobs."""
     prompts = validate.strings(prompts, "prompts")
+    tokens = [model.to_tokens(p)[0] for p in prompts]
+    ids = _padded(tokens, model.tokenizer.pad_token_id or 0)
+    last = torch.zeros(ids.shape, dtype=torch.bool)
+    last[torch.arange(len(tokens)), torch.tensor([len(t) - 1 for t in tokens])] = True
+    return RunFromLayer(model, ids, layer), last
+
+
+def _last_logits(model, prompts: Sequence[str], fwd_hooks, run) -> torch.Tensor:
+    """Logits at each prompt's last position [n_prompts, vocab], in full or replayed by `run` (from prompt_run)."""
+    if run is not None:
+        replay, last = run
+        if replay.tokens.shape[0] != len(prompts):
+            raise SAEError(f"`run` was built for {replay.tokens.shape[0]} prompts, not these {len(prompts)}; "
+                           "build it with prompt_run(model, prompts, layer) for the same prompts.")
+        return replay(list(fwd_hooks), at=last)  # one True per row: rows come back in prompt order
     tokens = [model.to_tokens(p)[0] for p in prompts]
     ids = _padded(tokens, model.tokenizer.pad_token_id or 0)
     last = torch.tensor([len(t) - 1 for t in tokens])
     with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
         logits = model(ids)
-    logp = logits[torch.arange(len(tokens)), last].log_softmax(-1)
+    return logits[torch.arange(len(tokens)), last]
+
+
+def last_token_logprobs(model, prompts: Sequence[str], answer_ids: Sequence[int], fwd_hooks=(),
+                        run: tuple[RunFromLayer, torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean log-probability of the `answer_ids` tokens at each prompt's last position [n_prompts].
+
+    `run` (from prompt_run) replays only the blocks from its layer up: the same numbers, for hooks at that layer or later."""
+    prompts = validate.strings(prompts, "prompts")
+    logp = _last_logits(model, prompts, fwd_hooks, run).log_softmax(-1)
     return logp[:, list(answer_ids)].mean(-1)
 
 
-def answer_logprobs(model, prompts: Sequence[str], answer_ids: Sequence[int], fwd_hooks=()) -> torch.Tensor:
-    """Log-probability of each prompt's own answer token at its last position [n_prompts] (one batched pass)."""
+def answer_logprobs(model, prompts: Sequence[str], answer_ids: Sequence[int], fwd_hooks=(),
+                    run: tuple[RunFromLayer, torch.Tensor] | None = None) -> torch.Tensor:
+    """Log-probability of each prompt's own answer token at its last position [n_prompts] (one batched pass).
+
+    `run` (from prompt_run) replays only the blocks from its layer up: the same numbers, for hooks at that layer or later."""
     prompts = validate.strings(prompts, "prompts")
     if len(answer_ids) != len(prompts):
         raise SAEError(f"`answer_ids` has {len(answer_ids)} ids for {len(prompts)} prompts: give one answer per prompt.")
-    tokens = [model.to_tokens(p)[0] for p in prompts]
-    ids = _padded(tokens, model.tokenizer.pad_token_id or 0)
-    last = torch.tensor([len(t) - 1 for t in tokens])
-    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
-        logits = model(ids)
-    rows = torch.arange(len(tokens))
-    return logits[rows, last].log_softmax(-1)[rows, torch.tensor(list(answer_ids))]
+    rows = torch.arange(len(prompts))
+    return _last_logits(model, prompts, fwd_hooks, run).log_softmax(-1)[rows, torch.tensor(list(answer_ids))]
 
 
 def matched_features(size: torch.Tensor, target: int, n: int, seed: int = 0, band: float = 2.0) -> list[int]:

@@ -102,3 +102,23 @@ def test_smollm2_mlp_neuron_edits_replayed_from_a_late_layer(smollm2):
     at = torch.zeros_like(tokens, dtype=torch.bool)
     at[:, 2:5] = True
     assert torch.allclose(run(hooks, at=at), full[at], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_feature_logprobs_replayed_from_the_sae_layer_equal_the_full_runs(smollm2):
+    from helpers import features as feat
+    from helpers import sae as sae_lib
+
+    sae = sae_lib.load_sae("1x")
+    prompts = ["I saw a", "The passengers boarded the", "We waited at the"]  # different lengths: padded
+    ids = [smollm2.tokenizer.encode(w)[0] for w in (" plane", " train", " gate")]
+    run = feat.prompt_run(smollm2, prompts, int(sae.hook.split(".")[1]))
+    for hooks in ([], [feat.steering_hook(sae, 3, 50.0)], [feat.ablation_hook(sae, 3)]):
+        assert torch.allclose(feat.last_token_logprobs(smollm2, prompts, ids, hooks, run=run),
+                              feat.last_token_logprobs(smollm2, prompts, ids, hooks), atol=1e-4)
+        assert torch.allclose(feat.answer_logprobs(smollm2, prompts, ids, hooks, run=run),
+                              feat.answer_logprobs(smollm2, prompts, ids, hooks), atol=1e-4)
+    with pytest.raises(feat.SAEError, match="prompt_run"):
+        feat.last_token_logprobs(smollm2, prompts[:2], ids, run=run)
+    with pytest.raises(PatchingError, match="blocks.15 or later"):
+        feat.answer_logprobs(smollm2, prompts, ids, [("blocks.3.hook_resid_post", lambda a, hook: a)], run=run)
