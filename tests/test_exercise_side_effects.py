@@ -60,14 +60,13 @@ def test_k_composition_that_exits_does_not_stop_the_notebook():
 
 
 @pytest.mark.slow
-def test_lens_that_divides_a_view_of_the_cache_is_reported(smollm2):
-    def lens_logits(model, cache, layer):
-        answer = l00.reference_lens_logits(model, cache, layer)
-        resid = cache[f"blocks.{layer}.hook_resid_post"][:, -1]
-        resid /= 2.0
+def test_record_and_set_that_edits_its_tokens_in_place_is_reported(smollm2):
+    def record_and_set(model, tokens, layer, neuron, value):
+        answer = l00.reference_record_and_set(model, tokens.clone(), layer, neuron, value)
+        tokens[:, 1:] = tokens[:, :1]  # "reuse the buffer"
         return answer
-    result = l00.check_lens_logits(lens_logits, smollm2)
-    assert result.status == FAILED and "modified its input `cache" in result.message
+    result = l00.check_record_and_set(record_and_set, smollm2)
+    assert result.status == FAILED and "modified its input `tokens`" in result.message
 
 
 @pytest.mark.slow
@@ -76,21 +75,21 @@ def test_lens_that_divides_a_view_of_the_cache_is_reported(smollm2):
     (lambda model: model.train(), "train mode"),
     (lambda model: model.blocks[3].mlp.out.weight.data.add_(0.5), "reload it"),  # through .data: no version bump
 ])
-def test_lens_that_changes_the_model_or_torch_is_reported_and_undone(smollm2, side_effect, words):
-    def lens_logits(model, cache, layer):
-        answer = l00.reference_lens_logits(model, cache, layer)
+def test_record_and_set_that_changes_the_model_or_torch_is_reported_and_undone(smollm2, side_effect, words):
+    def record_and_set(model, tokens, layer, neuron, value):
+        answer = l00.reference_record_and_set(model, tokens, layer, neuron, value)
         side_effect(model)
         return answer
     weight = smollm2.blocks[3].mlp.out.weight
     saved = weight.detach().clone()
     try:
-        result = l00.check_lens_logits(lens_logits, smollm2)
+        result = l00.check_record_and_set(record_and_set, smollm2)
     finally:
         with torch.no_grad():
             weight.copy_(saved)  # SmolLM2 is too big to copy per check: the check reports, the test restores
     assert result.status == FAILED and words in result.message, result.message
     assert torch.is_grad_enabled() and not smollm2.training
-    assert l00.check_lens_logits(l00.reference_lens_logits, smollm2).status == PASSED
+    assert l00.check_record_and_set(l00.reference_record_and_set, smollm2).status == PASSED
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@ import torch
 
 from helpers.checks import FAILED, NOT_IMPLEMENTED, PASSED
 from helpers.exercises import l00
+from helpers.lens import lens_logits
+from helpers.tokens import run_with_cache
 
 
 def stub(*args, **kwargs):
@@ -111,83 +113,83 @@ def test_top_k_check_passes_reference_and_reports_stub_and_crash():
     assert result.status == FAILED and "IndexError" in result.message
 
 
-# --- lens_logits (needs the model: one short forward pass) ---------------------------------------
+# --- settling_layer (needs the model: one cached run per prompt) ----------------------------------
 
-def lens_without_final_norm(model, cache, layer):
-    return model.unembed(cache[f"blocks.{layer}.hook_resid_post"][:, -1])
-
-
-def lens_resid_pre(model, cache, layer):
-    return model.unembed(model.ln_final(cache[f"blocks.{layer}.hook_resid_pre"][:, -1]))
-
-
-def lens_first_position(model, cache, layer):
-    return model.unembed(model.ln_final(cache[f"blocks.{layer}.hook_resid_post"][:, 0]))
-
-
-def lens_by_hand(model, cache, layer):
-    """A correct answer written without the helper modules: RMSNorm and W_U spelled out."""
-    resid = cache[f"blocks.{layer}.hook_resid_post"][:, -1]
-    norm = model.ln_final
-    eps = getattr(norm.original_component, "variance_epsilon", 1e-5)
-    normed = resid / (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt() * norm.original_component.weight
-    return normed @ model.W_U
+def _settle(model, prompts, k, lens_of, share=0.5):
+    """A settling_layer built from parts: lens_of(cache, layer) -> [d_vocab] logits of the lens after block layer."""
+    hits = []
+    for prompt in prompts:
+        names = [f"blocks.{layer}.hook_resid_{where}" for layer in range(model.cfg.n_layers) for where in ("pre", "post")]
+        logits, cache, _ = run_with_cache(model, prompt, names=names)
+        answer = logits[0, -1].argmax()
+        hits.append([int((lens_of(model, cache, layer) > lens_of(model, cache, layer)[answer]).sum()) < k
+                     for layer in range(model.cfg.n_layers)])
+    counts = torch.tensor(hits).float().mean(0)
+    return int((counts >= share).nonzero()[0, 0])
 
 
-def lens_next_block(model, cache, layer):
-    name = f"blocks.{min(layer + 1, model.cfg.n_layers - 1)}.hook_resid_post"
-    return model.unembed(model.ln_final(cache[name][:, -1]))
+def _lens(model, cache, layer):
+    return model.unembed(model.ln_final(cache[f"blocks.{layer}.hook_resid_post"][0, -1]))
 
 
-def lens_second_to_last_position(model, cache, layer):
-    return model.unembed(model.ln_final(cache[f"blocks.{layer}.hook_resid_post"][:, -2]))
+def settle_with_the_lens_helper(model, prompts, k):
+    """A correct route: helpers.lens.lens_logits layer by layer (blocks only; the embeddings never qualify here)."""
+    return _settle(model, prompts, k, lambda m, c, layer: lens_logits(m, c, layer)[0])
 
 
-def lens_always_last_layer(model, cache, layer):
-    return model.unembed(cache["ln_final.hook_normalized"][:, -1])
+def settle_last_block(model, prompts, k):
+    return model.cfg.n_layers - 1
 
 
-def lens_reads_only_prompt_0(model, cache, layer):
-    resid = cache[f"blocks.{layer}.hook_resid_post"][:1, -1]
-    return model.unembed(model.ln_final(resid)).expand(cache[f"blocks.{layer}.hook_resid_post"].shape[0], -1)
+def settle_copied_from_the_lesson(model, prompts, k):
+    return 28  # where ' Paris' became the lens's top token in the lesson
 
 
-def lens_log_probabilities(model, cache, layer):
-    return model.unembed(model.ln_final(cache[f"blocks.{layer}.hook_resid_post"][:, -1])).log_softmax(-1)
+def settle_ignores_k(model, prompts, k):
+    return _settle(model, prompts, 1, _lens)
 
 
-LENS_WRONG = [lens_without_final_norm, lens_resid_pre, lens_first_position, lens_next_block,
-              lens_second_to_last_position, lens_always_last_layer, lens_reads_only_prompt_0, lens_log_probabilities]
+def settle_without_final_norm(model, prompts, k):
+    return _settle(model, prompts, k, lambda m, c, layer: m.unembed(c[f"blocks.{layer}.hook_resid_post"][0, -1]))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("wrong", LENS_WRONG)
-def test_lens_check_catches_mistakes(smollm2, wrong):
-    result = l00.check_lens_logits(wrong, smollm2)
-    assert result.status == FAILED, result
+def settle_resid_pre(model, prompts, k):
+    return _settle(model, prompts, k, lambda m, c, layer: m.unembed(m.ln_final(c[f"blocks.{layer}.hook_resid_pre"][0, -1])))
 
 
-def lens_every_position_then_last(model, cache, layer):
-    """Correct too: the lens of every position, then the last one."""
-    return model.unembed(model.ln_final(cache[f"blocks.{layer}.hook_resid_post"]))[:, -1]
+def settle_first_prompt_only(model, prompts, k):
+    return _settle(model, prompts[:1], k, _lens)
+
+
+def settle_all_prompts(model, prompts, k):
+    return _settle(model, prompts, k, _lens, share=1.0)
+
+
+SETTLE_WRONG = [settle_last_block, settle_copied_from_the_lesson, settle_ignores_k, settle_without_final_norm,
+                settle_resid_pre, settle_first_prompt_only, settle_all_prompts]
 
 
 @pytest.mark.slow
-def test_lens_check_passes_reference_and_a_hand_written_answer(smollm2):
-    assert l00.check_lens_logits(l00.reference_lens_logits, smollm2).status == PASSED
-    assert l00.check_lens_logits(lens_by_hand, smollm2).status == PASSED
-    assert l00.check_lens_logits(lens_every_position_then_last, smollm2).status == PASSED
+@pytest.mark.parametrize("wrong", SETTLE_WRONG)
+def test_settling_layer_check_catches_mistakes(smollm2, wrong):
+    result = l00.check_settling_layer(wrong, smollm2)
+    assert result.status == FAILED, (wrong.__name__, result)
 
 
 @pytest.mark.slow
-def test_lens_check_uses_a_batch_of_two_prompts(smollm2):
-    assert "batch" in l00.check_lens_logits(lens_reads_only_prompt_0, smollm2).message
+def test_settling_layer_check_passes_the_reference_and_another_route(smollm2):
+    assert l00.check_settling_layer(l00.reference_settling_layer, smollm2).status == PASSED
+    assert l00.check_settling_layer(settle_with_the_lens_helper, smollm2).status == PASSED
+    assert l00.check_settling_layer(stub, smollm2).status == NOT_IMPLEMENTED
+    assert l00.check_settling_layer(crashing, smollm2).status == FAILED
 
 
 @pytest.mark.slow
-def test_lens_check_reports_stub_and_crash(smollm2):
-    assert l00.check_lens_logits(stub, smollm2).status == NOT_IMPLEMENTED
-    assert l00.check_lens_logits(crashing, smollm2).status == FAILED
+def test_settling_layer_families_settle_at_different_depths(smollm2):
+    """The check's families are not all settled at the last block, so a layer copied for every family fails."""
+    answers = [l00.reference_settling_layer(smollm2, prompts, k) for _, prompts, k in
+               (case.args for case in l00._settle_cases(smollm2))]
+    assert len(set(answers)) >= 2 and min(answers) < smollm2.cfg.n_layers - 1, answers
 
 
 # --- record_and_set (needs the model: a few short forward passes) ----------------------------------
@@ -346,12 +348,13 @@ def test_find_concept_neuron_check_passes_more_than_one_route(smollm2):
 
 
 @pytest.mark.slow
-def test_lens_check_on_a_model_left_broken_gives_a_result_not_a_traceback(smollm2):
+def test_settling_check_on_a_model_left_broken_gives_a_result_not_a_traceback(smollm2):
     def broken(resid, hook):
         raise RuntimeError("a hook an earlier cell forgot")
     smollm2.add_hook("blocks.0.hook_resid_pre", broken)
     try:
-        result = l00.check_lens_logits(l00.reference_lens_logits, smollm2)
+        result = l00.check_settling_layer(l00.reference_settling_layer, smollm2)
     finally:
         smollm2.reset_hooks()
-    assert result.status == FAILED and "could not build its test cases" in result.message
+    # cases built now ("could not build its test cases") or earlier in the session (the function's run fails)
+    assert result.status == FAILED and "a hook an earlier cell forgot" in result.message, result

@@ -1,9 +1,9 @@
-"""Lesson 00 exercises: next-token top-k, the logit lens at one layer, a hook that records and edits a neuron,
-and finding a concept neuron that holds up on held-out text.
+"""Lesson 00 exercises: next-token top-k, where the logit lens settles on the answer for a family of prompts,
+a hook that records and edits a neuron, and finding a concept neuron that holds up on held-out text.
 
 The references are the helpers the lesson uses (helpers.lens, helpers.neurons). Cases are small
-synthetic tensors built so that each plausible mistake gives a different answer, plus one real
-forward pass of SmolLM2 on a batch of two short prompts for the logit lens. Mistakes each case separates:
+synthetic tensors built so that each plausible mistake gives a different answer, and SmolLM2 runs on
+short prompts the exercise notebook never shows. Mistakes each case separates:
 
 top_k_next_tokens(logits, k)
   * position 0 or the second-to-last position instead of the last: every case, the favourites differ.
@@ -13,12 +13,14 @@ top_k_next_tokens(logits, k)
   * k ignored (k = 3, 5 and 1 across cases); only prompt 0 read (batches of 2 and 3 whose prompts
     prefer different tokens); (ids, probs) returned in the wrong order (dtype message).
 
-lens_logits(model, cache, layer)
-  * no ln_final, or hook_resid_pre (one block early): every case; the next block's stream: layers 0, 1, 14.
-  * the first or second-to-last position instead of the last: every case.
-  * the layer ignored (hard-coded, or the cached final norm for every layer): layers 0, 1, 14 and 29.
-  * only prompt 0 read: a batch of two prompts with different next tokens.
-  * log-probabilities instead of logits: every case.
+settling_layer(model, prompts, k) -> int   (a finding about a prompt family, not a formula the lesson shows)
+  The first block after which the model's OWN final answer is among the logit lens's top k for at least half
+  of the prompts. The check recomputes it on three families the exercise never shows: six idioms (k=10,
+  block 25), six facts (k=100, block 27) and six copying prompts (k=3, block 29). Fails:
+  * a layer copied from the lesson, or the last block for every family: the idioms and facts cases.
+  * k ignored (top 1 only): idioms (26) and facts (29).
+  * no ln_final before the unembedding, or hook_resid_pre (one block late): the idioms and facts cases.
+  * only the first prompt read, or "all prompts" instead of "at least half": the idioms and facts cases.
 
 record_and_set(model, tokens, layer, neuron, value)
   * recorded after the edit (every entry equals `value`): every case.
@@ -37,23 +39,25 @@ find_concept_neuron(model, concept, control) -> (layer, neuron)   (a finding, no
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
 
 from helpers.checks import Case, CheckResult, check
 from helpers.exercises import pair_or_problem
-from helpers.lens import lens_logits as reference_lens_logits
+from helpers.lens import lens_all_layers
 from helpers.lens import top_k_next_tokens as reference_top_k_next_tokens
 from helpers.neurons import collect_activations, load_sentences, mlp_hook, rank_neurons_across_hooks
 from helpers.tokens import run_with_cache
 
 LENS_PROMPT = "The Eiffel Tower is in the city of"
-LENS_PROMPTS = [LENS_PROMPT, "The Colosseum is in the city of"]  # the same number of tokens: no padding
+LENS_PROMPTS = [LENS_PROMPT, "The Colosseum is in the city of"]  # the same number of tokens: no padding (record_and_set)
 
-__all__ = ["reference_top_k_next_tokens", "reference_lens_logits", "reference_record_and_set",
-           "reference_find_concept_neuron", "check_top_k_next_tokens", "check_lens_logits", "check_record_and_set",
-           "check_find_concept_neuron", "held_out_neuron_test", "LENS_PROMPT", "LENS_PROMPTS", "MUSIC"]
+__all__ = ["reference_top_k_next_tokens", "reference_settling_layer", "reference_record_and_set",
+           "reference_find_concept_neuron", "check_top_k_next_tokens", "check_settling_layer", "check_record_and_set",
+           "check_find_concept_neuron", "held_out_neuron_test", "answer_in_top_k", "LENS_PROMPT", "LENS_PROMPTS",
+           "MUSIC", "SETTLE_SHARE"]
 
 _TOP_K_HINT = ("use the LAST position (logits[:, -1]), softmax over the vocabulary (the last axis), and return "
                "(probabilities, ids) sorted from most to least likely, one row per prompt")
@@ -88,27 +92,84 @@ def check_top_k_next_tokens(fn: Callable) -> CheckResult:
     return check("top_k_next_tokens", fn, _top_k_cases)
 
 
-def _lens_cases(model) -> list[Case]:
-    # Cache resid_pre too, so an off-by-one answer gets compared (and explained) rather than a KeyError.
-    names = [f"blocks.{layer}.hook_resid_{where}" for layer in range(model.cfg.n_layers) for where in ("pre", "post")]
-    _, cache, _ = run_with_cache(model, LENS_PROMPTS, names=names + ["ln_final.hook_normalized"])
-    last = model.cfg.n_layers - 1
-    general = ("layer L means the residual stream AFTER block L (cache['blocks.{L}.hook_resid_post']) at the LAST "
-               "position, for every prompt of the batch; apply model.ln_final before model.unembed, as the model "
-               "does after its last block")
-    hints = {0: general, 1: general, last // 2: general,
-             last: "at the last layer your answer must equal the model's own logits at the last position; " + general}
-    prompts = " and ".join(repr(p) for p in LENS_PROMPTS)
-    return [Case(f"{prompts}, layer {layer}", (model, cache, layer), reference_lens_logits(model, cache, layer), hint=hint)
-            for layer, hint in hints.items()]
+# --- Exercise 2: when does the answer settle? (a finding, checked on prompt families you never see) ----
+
+SETTLE_SHARE = 0.5  # "settled": the model's own answer is in the lens's top k for at least this share of prompts
+# Families for the check only; the exercise notebook uses other prompts of the same kinds.
+_SETTLE_FAMILIES = {
+    "idioms": ["Actions speak louder than", "Practice makes", "Every cloud has a silver", "Curiosity killed the",
+               "A picture is worth a thousand", "Rome was not built in a"],
+    "facts": ["The capital of Italy is", "The capital of Spain is", "The chemical symbol for gold is",
+              "The Great Wall is in the country of", "The capital of Russia is", "Mount Everest is in the country of"],
+    "copying": ["river doctor planet yellow. pencil rabbit river doctor planet",
+                "forest planet market yellow garden mirror. forest planet market yellow garden",
+                "ocean doctor silver rabbit. basket pencil ocean doctor silver",
+                "stone garden mirror river ladder guitar. stone garden mirror river ladder",
+                "candle stone yellow silver ocean pencil. candle stone yellow silver ocean",
+                "apple cloud window basket. forest apple cloud window"],
+}
 
 
-def check_lens_logits(fn: Callable, model) -> CheckResult:
-    """Check lens_logits(model, cache, layer) -> [batch, d_vocab] on two short prompts at four layers."""
-    return check("lens_logits", fn, lambda: _lens_cases(model), atol=1e-3, rtol=1e-3)
+def answer_in_top_k(model, prompts: list[str], k: int) -> torch.Tensor:
+    """For each prompt and each depth, is the model's own final next token among the lens's top k? [prompt, n_layers + 1]
+    (column 0: the embeddings, column L + 1: after block L)."""
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+    rows = []
+    for prompt in prompts:
+        logits, cache, _ = run_with_cache(model, prompt, names=names)
+        lens = lens_all_layers(model, cache)[:, 0]  # [n_layers + 1, d_vocab]
+        answer = logits[0, -1].argmax()
+        rows.append((lens > lens[:, answer, None]).sum(-1) < k)  # rank below k
+    return torch.stack(rows)
 
 
-# --- Exercise 2: a hook that records and edits one neuron ---------------------------------------
+def reference_settling_layer(model, prompts: list[str], k: int) -> int:
+    """The first depth at which the model's own answer is in the logit lens's top k for at least half of `prompts`:
+    a block index (the residual stream after that block), or -1 for the embeddings."""
+    share = answer_in_top_k(model, prompts, k).float().mean(0)  # [n_layers + 1]
+    return int((share >= SETTLE_SHARE).nonzero()[0, 0]) - 1
+
+
+_SETTLE_HINT = ("for each prompt take the model's OWN final prediction (argmax of the logits at the last position), "
+                "read the lens after every block (ln_final, then unembed, on blocks.{L}.hook_resid_post at the last "
+                "position), and note whether that token is among the top k there; return the first block after which "
+                "this holds for at least half of the prompts (all of them, not only the first)")
+
+
+_SETTLE_MEMO: dict = {}  # (model, family, k) -> the reference's answer: deterministic, so computed once per session
+
+
+class _SettlesAt:
+    """The 'expected' value of a settling_layer case: the reference's answer, computed only when a learner's
+    function has returned something to compare (an unfinished exercise costs nothing)."""
+
+    def __init__(self, model, family: str, k: int):
+        self.model, self.family, self.k = model, family, k
+
+    def __call__(self, got) -> str | None:
+        key = (id(self.model), self.model.cfg.model_name, self.family, self.k)
+        if key not in _SETTLE_MEMO:
+            _SETTLE_MEMO[key] = reference_settling_layer(self.model, _SETTLE_FAMILIES[self.family], self.k)
+        if isinstance(got, bool) or not isinstance(got, numbers.Integral) and not (
+                isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point()):
+            return f"expected a block index (an int), got {type(got).__name__} {got!r}"[:200]
+        if int(got) != _SETTLE_MEMO[key]:
+            return f"expected block {_SETTLE_MEMO[key]}, got {int(got)}"
+        return None
+
+
+def _settle_cases(model) -> list[Case]:
+    return [Case(f"{len(_SETTLE_FAMILIES[name])} {name} prompts, k={k}", (model, _SETTLE_FAMILIES[name], k),
+                 _SettlesAt(model, name, k), hint=_SETTLE_HINT) for name, k in [("idioms", 10), ("facts", 100), ("copying", 3)]]
+
+
+def check_settling_layer(fn: Callable, model) -> CheckResult:
+    """Check settling_layer(model, prompts, k) -> int on three prompt families the exercise never shows."""
+    return check("settling_layer", fn, lambda: _settle_cases(model), compare_fn=lambda got, judge: judge(got),
+                 time_limit=120)
+
+
+# --- Exercise 3: a hook that records and edits one neuron ---------------------------------------
 
 def reference_record_and_set(model, tokens: torch.Tensor, layer: int, neuron: int,
                              value: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +209,7 @@ def check_record_and_set(fn: Callable, model) -> CheckResult:
     return check("record_and_set", fn, lambda: _set_cases(model), atol=2e-3, rtol=1e-3)
 
 
-# --- Exercise 3: find a concept neuron that holds up on sentences you never saw --------------------
+# --- Exercise 4: find a concept neuron that holds up on sentences you never saw --------------------
 
 MUSIC = {
     "concept": [
