@@ -27,11 +27,33 @@ def _built_once(builder):
     return build
 
 
+_PATCHED: dict = {}
+_patch_head_inputs = l04.patch_head_inputs
+
+
+def _tokens_key(tokens):
+    return tuple(tokens.shape), tuple(tokens.flatten().tolist())
+
+
+def _patch_head_inputs_once(model, clean_tokens, corrupted_tokens, specs):
+    """l04.patch_head_inputs, run once per (model, prompts, metric, layer, head, input): the case builder, the
+    reference and the wrong answers below ask for the same q/k/v patches (the check passes copies of the tokens)."""
+    key = (id(model), _tokens_key(clean_tokens), _tokens_key(corrupted_tokens),
+           tuple((id(metric), layer, head, which) for metric, layer, head, which in specs))
+    if key not in _PATCHED:
+        _PATCHED[key] = _patch_head_inputs(model, clean_tokens, corrupted_tokens, specs)
+    return _PATCHED[key]
+
+
 @pytest.fixture
 def cases_built_once(monkeypatch):
-    """Reuse the (real) SmolLM2 cases across the many wrong answers; the reference tests build them afresh."""
+    """Build the (real) SmolLM2 cases once per check and reuse them across the reference and the many wrong answers;
+    the batched q/k/v patches behind them run once too (their equality with one run per patch is tested below)."""
+    monkeypatch.setattr(l04, "patch_head_inputs", _patch_head_inputs_once)
     monkeypatch.setattr(l04, "_patch_cases", _built_once(l04._patch_cases))
     monkeypatch.setattr(l04, "_attribution_cases", _built_once(l04._attribution_cases))
+    monkeypatch.setattr(l04, "_qkv_cases", _built_once(l04._qkv_cases))
+    monkeypatch.setattr(l04, "_carrying_cases", _built_once(l04._carrying_cases))
 
 
 def _stub(*args):
@@ -216,7 +238,7 @@ PATCH_WRONG = [position_before, every_position, corrupted_into_clean, leaves_a_h
                clean_into_clean, patches_resid_post, layer_ignored, patches_only_pair_0, metric_ignored]
 
 
-def test_patch_reference_passes(smollm2):
+def test_patch_reference_passes(smollm2, cases_built_once):
     assert l04.check_patch_resid_pre(l04.reference_patch_resid_pre, smollm2).status == PASSED
 
 
@@ -279,7 +301,7 @@ def gradient_on_clean(model, clean, corrupted, metric):
     return -l04.reference_attribution_patch_resid(model, corrupted, clean, metric)
 
 
-def test_attribution_reference_passes(smollm2):
+def test_attribution_reference_passes(smollm2, cases_built_once):
     assert l04.check_attribution_patch_resid(l04.reference_attribution_patch_resid, smollm2).status == PASSED
 
 
@@ -448,12 +470,27 @@ def qkv_always_queries(model, clean_tokens, corrupted_tokens, metric, layer, hea
 @pytest.mark.slow
 @pytest.mark.parametrize("wrong", [qkv_kv_indexed_by_query_head, qkv_kv_head_modulo, qkv_every_head,
                                    qkv_corrupted_into_clean, qkv_last_position_only, qkv_always_queries])
-def test_patch_head_input_check_catches_mistakes(smollm2, wrong):
+def test_patch_head_input_check_catches_mistakes(smollm2, cases_built_once, wrong):
     assert l04.check_patch_head_input(wrong, smollm2).status == FAILED
 
 
 @pytest.mark.slow
-def test_patch_head_input_check_passes_reference_and_a_repeat_interleave_answer(smollm2):
+def test_patch_head_input_check_passes_the_reference(smollm2, cases_built_once):
+    assert l04.check_patch_head_input(l04.reference_patch_head_input, smollm2).status == PASSED
+
+
+@pytest.mark.slow
+def test_batched_head_input_patches_equal_one_run_per_patch(smollm2):
+    pairs, metric = l04.exercise_pairs(smollm2)
+    args = (smollm2, pairs.clean_tokens, pairs.corrupted_tokens)
+    specs = [(metric, 17, 4, "q"), (metric, 23, 3, "v"), (ioi.logit_diff_metric(pairs), 20, 7, "k"), (metric, 23, 0, "v")]
+    batched = l04.patch_head_inputs(*args, specs)
+    for spec, value in zip(specs, batched):
+        assert float(value) == pytest.approx(float(l04.reference_patch_head_input(*args, *spec)), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_patch_head_input_check_passes_a_repeat_interleave_answer(smollm2, cases_built_once):
     def via_repeat_interleave(model, clean_tokens, corrupted_tokens, metric, layer, head, which):
         # expand keys/values to one slice per query head, patch that head's slice, fold back
         name = f"blocks.{layer}.attn.hook_{which}"
@@ -471,9 +508,14 @@ def test_patch_head_input_check_passes_reference_and_a_repeat_interleave_answer(
             return x
         return metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, patch)]))
 
-    assert l04.check_patch_head_input(l04.reference_patch_head_input, smollm2).status == PASSED
     assert l04.check_patch_head_input(via_repeat_interleave, smollm2).status == PASSED
     assert l04.check_patch_head_input(_stub, smollm2).status == NOT_IMPLEMENTED
+
+
+def _effects(model, clean_tokens, corrupted_tokens, metric, layer, head):
+    """{'q', 'k', 'v'} -> patching effect (the runs shared with the reference through the fixture)."""
+    values = l04.patch_head_inputs(model, clean_tokens, corrupted_tokens, [(metric, layer, head, w) for w in "qkv"])
+    return dict(zip("qkv", map(float, values)))
 
 
 def carrying_always_values(model, clean_tokens, corrupted_tokens, metric, layer, head):
@@ -481,25 +523,27 @@ def carrying_always_values(model, clean_tokens, corrupted_tokens, metric, layer,
 
 
 def carrying_least_restoring(model, clean_tokens, corrupted_tokens, metric, layer, head):
-    effects = {w: float(l04.reference_patch_head_input(model, clean_tokens, corrupted_tokens, metric, layer, head, w))
-               for w in "qkv"}
+    effects = _effects(model, clean_tokens, corrupted_tokens, metric, layer, head)
     return min(effects, key=effects.get)
 
 
 def carrying_largest_absolute_effect(model, clean_tokens, corrupted_tokens, metric, layer, head):
-    effects = {w: abs(float(l04.reference_patch_head_input(model, clean_tokens, corrupted_tokens, metric, layer,
-                                                           head, w))) for w in "qkv"}
+    effects = {w: abs(value) for w, value in _effects(model, clean_tokens, corrupted_tokens, metric, layer, head).items()}
     return max(effects, key=effects.get) if layer != 23 or head != 0 else "v"  # a sign slip: v is -0.09 for L23H0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("wrong", [carrying_always_values, carrying_least_restoring, carrying_largest_absolute_effect])
-def test_carrying_input_check_rejects_wrong_findings(smollm2, wrong):
+def test_carrying_input_check_rejects_wrong_findings(smollm2, cases_built_once, wrong):
     assert l04.check_carrying_input(wrong, smollm2).status == FAILED
 
 
 @pytest.mark.slow
-def test_carrying_input_check_passes_the_reference_and_says_which_letters(smollm2):
+def test_carrying_input_check_passes_the_reference(smollm2, cases_built_once):
     assert l04.check_carrying_input(l04.reference_carrying_input, smollm2).status == PASSED
+
+
+@pytest.mark.slow
+def test_carrying_input_check_says_which_letters(smollm2, cases_built_once):
     result = l04.check_carrying_input(lambda *args: "query", smollm2)
     assert result.status == FAILED and "'q', 'k', 'v'" in result.message
