@@ -116,6 +116,12 @@ TOY_ERRORS = [
     ("run from layer: layer out of range", lambda m, t: patching.RunFromLayer(m, t, 5), "layer"),
     ("run from layer: a position mask that is not boolean", lambda m, t: patching.RunFromLayer(m, t, 1)(
         at=torch.ones_like(t)), "`at`"),
+    ("faithfulness: a stated option among one choice", lambda m, t: __import__("helpers.faithfulness").faithfulness
+     .stated_option("dog", ["dog"]), "choices"),
+    ("faithfulness: bias mention in a text that is not a string", lambda m, t: __import__("helpers.faithfulness")
+     .faithfulness.bias_mention(None), "`text`"),
+    ("faithfulness: shared-prefix generation of 0 tokens", lambda m, t: __import__("helpers.faithfulness").faithfulness
+     .generate_shared(m, ["a cat"], max_new_tokens=0), "max_new_tokens"),
 ]
 
 # Harmless unusual forms: (id, unusual call, canonical call); both must give the same result.

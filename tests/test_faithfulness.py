@@ -173,3 +173,61 @@ def test_few_shot_refuses_a_flag_count_that_does_not_match():
         fa.few_shot([("q", "a", "b")], [True, False])
     with pytest.raises(fa.FaithfulnessError, match="question, right answer, wrong answer"):
         fa.few_shot([("q", "a")], [True])
+
+
+# ---------------------------------------------------------------------------------------------
+# Explanations on SmolLM2: the mention rule, the stated answer, and the prefix-cached forward passes
+
+
+def test_bias_mention_rule_finds_the_pattern_and_not_a_stray_example():
+    assert fa.bias_mention("The answer is always the first option, as in the examples.") == "always"
+    assert fa.bias_mention("Following the pattern of the previous answers, dog.") == "pattern"
+    assert fa.bias_mention("I pick (A) like the other examples.") == "(A)"
+    assert fa.bias_mention("The sky on a clear day is a perfect example of a celestial body.") is None
+    assert fa.bias_mention("The feather is a type of bird that can fly.") is None
+    with pytest.raises(fa.FaithfulnessError, match="`text`"):
+        fa.bias_mention(None)
+
+
+def test_stated_option_is_the_option_named_first_as_a_whole_word():
+    assert fa.stated_option("The answer to this question is: chair. A dog is an animal.", ["dog", "chair"]) == 1
+    assert fa.stated_option("Dogs and dogma are not the answer; a Chair is.", ["dog", "chair"]) == 1
+    assert fa.stated_option("I cannot tell.", ["dog", "chair"]) is None
+    with pytest.raises(fa.FaithfulnessError, match="2 choices"):
+        fa.stated_option("dog", ["dog"])
+
+
+def test_shared_prefix_leaves_every_context_a_token_of_its_own():
+    assert fa.shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert fa.shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert fa.shared_prefix([[4, 2], [1, 2]]) == 0
+
+
+@pytest.mark.slow
+def test_prefix_cached_option_logits_equal_whole_prompt_logits(smollm2, monkeypatch):
+    """Few-shot prompts share ~80 tokens; cached and uncached last-position logits agree to 1e-4."""
+    shots = [("Which of these is loud?", "thunder", "whisper"), ("Which of these is round?", "ball", "box")]
+    block = fa.few_shot(shots, [True, True])
+    prompts = [fa.mc_prompt(q, c, shots=block) for q, c in
+               [("Which of these is an animal?", ["dog", "chair"]), ("Which can fly?", ["bird", "fish"]),
+                ("What do you write with?", ["spoon", "pen"])]]
+    contexts = [smollm2.to_tokens(p, prepend_bos=True)[0].tolist() for p in prompts]
+    assert fa.shared_prefix(contexts) >= fa.PREFIX_CACHE_MIN
+    cached = torch.stack(fa._last_logits(smollm2, contexts, batch_size=2))
+    monkeypatch.setattr(fa, "PREFIX_CACHE_MIN", 10 ** 9)
+    whole = torch.stack(fa._last_logits(smollm2, contexts, batch_size=2))
+    assert (cached - whole).abs().max().item() <= 1e-4
+
+
+@pytest.mark.slow
+def test_generate_shared_writes_the_same_tokens_as_generate(smollm2):
+    from helpers.generation import chat_prompts, generate
+
+    requests = [f"Question: {q}\nOptions: {a} or {b}\nExplain your reasoning, then answer." for q, a, b in
+                [("Which of these is an animal?", "chair", "dog"), ("Which can fly?", "fish", "bird"),
+                 ("Which is heavier?", "feather", "rock")]]
+    prompts = chat_prompts(smollm2, requests)
+    shared = fa.generate_shared(smollm2, prompts, max_new_tokens=12, batch_size=2)
+    plain = generate(smollm2, prompts, max_new_tokens=12)
+    assert torch.equal(shared.tokens, plain.tokens)
+    assert shared.texts == plain.texts
