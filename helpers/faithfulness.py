@@ -18,6 +18,11 @@ lettered options and an optional suggested answer, :func:`forced_choice` reads t
 :func:`swap_options` gives the option-swapped copy that cancels answer-letter bias, :func:`mcnemar`
 tests a paired shift. Inside the model: :func:`attention_from` (where a position reads from) and
 :func:`patch_answers` (copy one position's residual stream from another run, read the answer).
+
+Generated explanations: :func:`generate_shared` (greedy, batched, the prompts' shared prefix computed
+once), :func:`stated_option` (the option a text names first) and :func:`bias_mention` (the stated rule
+for "this text mentions the bias", :data:`BIAS_MENTIONS`). Prompts that share a long prefix (few-shot
+examples, worked problems) are answered with that prefix run once and kept in a KV cache.
 """
 from __future__ import annotations
 
