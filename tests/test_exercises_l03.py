@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import steering
 from helpers.checks import FAILED, NOT_IMPLEMENTED, PASSED
 from helpers.exercises import l03
 from helpers.probes import fit_probe, probe_accuracies, probe_score, split_by_group
@@ -334,3 +335,120 @@ def test_selectivity_alternative_answer_passes():
 
 def test_one_selectivity_case_is_negative():
     assert any(case.expected < 0 for case in l03._selectivity_cases())
+
+
+# ---- is the direction used? (SmolLM2; a finding judged by the check's own random directions)
+
+def _ablated(model, prompts, signs, edit):
+    """profession_margin with `edit(x)` applied at every residual hook that directional ablation uses."""
+    hooks = [(name, lambda x, hook: edit(x)) for name in steering.ablation_hook_names(model)]
+    return l03.profession_margin(model, prompts, signs, hooks)
+
+
+def _verdict(model, prompts, signs, n_random, seed, edit_for, draws=None, effect_of=None, compare_to=None):
+    """A direction_is_used built from one mistake: edit_for(r) -> the edit removing r; draws: the random vectors."""
+    def fn(direction):
+        clean = l03.profession_margin(model, prompts, signs)
+        effect = _ablated(model, prompts, signs, edit_for(direction)) - clean
+        randoms = draws if draws is not None else steering.random_directions(model.cfg.d_model, n_random, seed)
+        random_effects = [_ablated(model, prompts, signs, edit_for(r)) - clean for r in randoms]
+        reported = effect if effect_of is None else effect_of(effect, clean)
+        baseline = effect if compare_to is None else compare_to
+        p = (1 + sum(e <= baseline for e in random_effects)) / (1 + len(random_effects))
+        return bool(reported < 0 and p <= l03.ALPHA), reported, p
+    return fn
+
+
+def _remove(r):
+    r = r / r.norm()
+    return lambda x: x - (x @ r)[..., None] * r
+
+
+def used_unnormalised(model, direction, prompts, signs, n_random=19, seed=0):
+    return _verdict(model, prompts, signs, n_random, seed, lambda r: (lambda x: x - (x @ r)[..., None] * r))(direction)
+
+
+def used_added_not_removed(model, direction, prompts, signs, n_random=19, seed=0):
+    def add(r):
+        r = r / r.norm()
+        return lambda x: x + (x @ r)[..., None] * r
+    return _verdict(model, prompts, signs, n_random, seed, add)(direction)
+
+
+def used_last_position_only(model, direction, prompts, signs, n_random=19, seed=0):
+    def last(r):
+        r = r / r.norm()
+
+        def edit(x):
+            x = x.clone()
+            x[:, -1] = x[:, -1] - (x[:, -1] @ r)[..., None] * r
+            return x
+        return edit
+    return _verdict(model, prompts, signs, n_random, seed, last)(direction)
+
+
+def used_three_random_draws(model, direction, prompts, signs, n_random=19, seed=0):
+    return _verdict(model, prompts, signs, 3, seed, _remove)(direction)
+
+
+def used_random_not_unit(model, direction, prompts, signs, n_random=19, seed=0):
+    draws = torch.randn(n_random, model.cfg.d_model, generator=torch.Generator().manual_seed(seed))  # norm about 24
+    raw = lambda r: (lambda x: x - (x @ r)[..., None] * r)  # noqa: E731 - the real one is normalised, the draws not
+    def edit_for(r):
+        return _remove(r) if r is direction else raw(r)
+    return _verdict(model, prompts, signs, n_random, seed, edit_for, draws=draws)(direction)
+
+
+def used_ablated_margin_not_change(model, direction, prompts, signs, n_random=19, seed=0):
+    return _verdict(model, prompts, signs, n_random, seed, _remove, effect_of=lambda effect, clean: effect + clean)(direction)
+
+
+def used_randoms_compared_with_zero(model, direction, prompts, signs, n_random=19, seed=0):
+    return _verdict(model, prompts, signs, n_random, seed, _remove, compare_to=0.0)(direction)
+
+
+USED_WRONG = [used_unnormalised, used_added_not_removed, used_last_position_only, used_three_random_draws,
+              used_random_not_unit, used_ablated_margin_not_change, used_randoms_compared_with_zero]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wrong", USED_WRONG)
+def test_direction_is_used_check_rejects_mistakes(smollm2, wrong):
+    result = l03.check_direction_is_used(wrong, smollm2)
+    assert result.status == FAILED, (wrong.__name__, result)
+
+
+def used_by_hand_at_resid_pre(model, direction, prompts, signs, n_random=19, seed=0):
+    """Another correct route: remove the direction where each block reads (resid_pre; the MLP reads resid_mid, which
+    is not cleaned here), random directions from numpy; the check accepts the small difference in effect."""
+    rng = np.random.default_rng(seed)
+    randoms = torch.tensor(rng.standard_normal((n_random, model.cfg.d_model)), dtype=torch.float32)
+    clean = l03.profession_margin(model, prompts, signs)
+
+    def effect_of(r):
+        edit = _remove(r)
+        hooks = [(f"blocks.{layer}.hook_resid_pre", lambda x, hook: edit(x)) for layer in range(model.cfg.n_layers)]
+        return l03.profession_margin(model, prompts, signs, hooks) - clean
+    effect = effect_of(direction)
+    p = (1 + sum(effect_of(r) <= effect for r in randoms)) / (1 + n_random)
+    return effect < 0 and p <= 0.05, torch.tensor(effect), np.float64(p)
+
+
+@pytest.mark.slow
+def test_direction_is_used_check_passes_the_reference_and_another_route(smollm2):
+    assert l03.check_direction_is_used(l03.reference_direction_is_used, smollm2).status == PASSED
+    result = l03.check_direction_is_used(used_by_hand_at_resid_pre, smollm2)
+    assert result.status == PASSED, result
+    assert l03.check_direction_is_used(stub, smollm2).status == NOT_IMPLEMENTED
+
+
+@pytest.mark.slow
+def test_batched_ablation_effects_match_the_hooks_one_direction_at_a_time(smollm2):
+    people, signs = l03._CHECK_PEOPLE["used"]
+    prompts = [l03.BEHAVIOUR.format(p) for p in people[:4]]
+    directions = torch.cat([l03.check_directions(smollm2)["used"][None], steering.random_directions(576, 2, seed=1)])
+    batched = l03.ablation_effects(smollm2, directions, prompts, signs[:4], chunk=2)
+    clean = l03.profession_margin(smollm2, prompts, signs[:4])
+    one_by_one = [l03.profession_margin(smollm2, prompts, signs[:4], steering.ablation_hooks(smollm2, d)) - clean
+                  for d in directions]
+    assert torch.allclose(batched, torch.tensor(one_by_one), atol=1e-3)

@@ -1,6 +1,7 @@
-"""Lesson 03 exercises: a difference-of-means direction, a probe scored on held-out entities, selectivity.
+"""Lesson 03 exercises: a difference-of-means direction, a probe scored on held-out entities, selectivity,
+and deciding whether SmolLM2 uses a direction (exercise 4, documented with its check further down).
 
-The cases use small synthetic activations whose truth is known by construction, so each check can
+The first three use small synthetic activations whose truth is known by construction, so each check can
 tell a correct answer from the classic mistakes. Mistakes each case separates:
 
 diff_of_means_direction(acts, labels)
@@ -43,8 +44,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from helpers.checks import Case, CheckResult, check
-from helpers.probes import diff_of_means, fit_probe, probe_score
+from helpers import steering
+from helpers.checks import Case, CheckResult, _as_real, check
+from helpers.generation import last_logits
+from helpers.probes import (diff_of_means, fit_probe, gather_activations, load_prompt_set, probe_direction, probe_score,
+                            remove_direction)
+from helpers.tokens import single_token_id
 
 
 # ------------------------------------------------------------------------------------ synthetic data
@@ -284,3 +289,202 @@ def _selectivity_cases() -> list[Case]:
 def check_selectivity(fn) -> CheckResult:
     """Check selectivity against the reference on three synthetic splits; never raises."""
     return check("selectivity", fn, _selectivity_cases, atol=1e-6, rtol=0.0)
+
+
+# ------------------------------------------------------- exercise 4: is the direction used? (a finding)
+#
+# direction_is_used(model, direction, prompts, signs, n_random, seed) -> (used, effect, p_value)
+#   The check does not compare code: it recomputes the evidence itself, with its own random draws, on
+#   people who are in none of the lesson's prompts, and judges the verdict and the numbers behind it.
+#   Case 1 gives the lesson's difference-of-means direction UNNORMALISED (norm about 40), which the model
+#   uses; case 2 gives the direction of a second probe fitted after the first probe's direction is projected
+#   out (Ravfogel et al.'s second iteration), which it does not use (the check's own
+#   effect is -7.15, p 0.05, for case 1 and +0.19, p 0.95, for case 2). Mistakes each case separates:
+#   * the direction not normalised before projecting it out: the stream explodes (NaN or a huge effect), case 1.
+#   * the projection added instead of removed (x + (x.r)r at every hook compounds): random directions do
+#     as much, so p is large and the verdict "not used", case 1.
+#   * removed at the last position only (the lesson removes it at every position): a small fraction of the
+#     effect (-0.40 against -4.58 on 24 people when this exercise was written), case 1.
+#   * a p-value from 2-3 random draws (p >= 0.25), or ignoring `n_random` (a p smaller than n_random draws
+#     allow, or larger than the evidence gives), or p = k/n without the +1 (p = 0 is impossible), case 1.
+#   * random directions not normalised to unit length (randn vectors of norm about 24 projected out): their
+#     effects explode (NaN), so no random draw counts against the real one and p is as small as it can be;
+#     case 2's p (0.95 in the check's own draws) then comes out 0.1.
+#   * the wrong baseline: the ablated margin instead of its change, or random effects compared with 0
+#     (or with the clean margin) instead of with the real direction's effect, case 1.
+
+ALPHA = 0.05  # the verdict's threshold: "used" if the real effect is negative and p <= ALPHA
+BEHAVIOUR = "{} was a famous"
+DIRECTION_HOOK = "blocks.6.hook_resid_post"  # the lesson's chosen depth (the stream entering block 7)
+# People in none of the lesson's prompts, for the check only (the lesson's 80 people are all in l03_people).
+_CHECK_PEOPLE = {
+    "used": (["Alessandro Volta", "Billie Holiday", "Lise Meitner", "Nina Simone", "Carl Linnaeus", "Duke Ellington"],
+             [1, -1, 1, -1, 1, -1]),
+    "decodable": (["Igor Stravinsky", "Blaise Pascal", "Buddy Holly", "Christiaan Huygens", "Leonard Cohen", "James Watt"],
+                  [-1, 1, -1, 1, -1, 1]),
+}
+_CHECK_DRAWS, _CHECK_SEED = 19, 1000  # the check's own random directions (not the learner's seeds)
+P_TOLERANCE = 0.45  # |learner's p - the check's p|: about three standard deviations of a p from 9 draws
+
+
+def profession_margin(model, prompts: list[str], signs, fwd_hooks=()) -> float:
+    """Mean over prompts of sign * (log P(' scientist') - log P(' musician')) at the last position.
+
+    signs [n]: +1 for a scientist, -1 for a musician, so a positive margin means "on the correct side".
+    fwd_hooks: (hook_name, fn) pairs active during the forward pass (e.g. steering.ablation_hooks(...)).
+    """
+    ids = single_token_id(model, " scientist"), single_token_id(model, " musician")
+    logprobs = last_logits(model, list(prompts), fwd_hooks, prepend_bos=True).log_softmax(-1)
+    signs = torch.as_tensor(signs, dtype=torch.float32)
+    return float((signs * (logprobs[:, ids[0]] - logprobs[:, ids[1]])).mean())
+
+
+def reference_direction_is_used(model, direction: torch.Tensor, prompts: list[str], signs, n_random: int = 19,
+                                seed: int = 0) -> tuple[bool, float, float]:
+    """Remove `direction` [d_model] at every layer and position; compare the margin's change with n_random
+    random unit directions removed the same way. Returns (used, effect, p_value)."""
+    clean = profession_margin(model, prompts, signs)
+    effect = profession_margin(model, prompts, signs, steering.ablation_hooks(model, direction)) - clean
+    randoms = steering.random_directions(model.cfg.d_model, n_random, seed=seed)
+    random_effects = [profession_margin(model, prompts, signs, steering.ablation_hooks(model, r)) - clean
+                      for r in randoms]
+    p_value = (1 + sum(e <= effect for e in random_effects)) / (1 + n_random)
+    return bool(effect < 0 and p_value <= ALPHA), effect, p_value
+
+
+def ablation_effects(model, directions: torch.Tensor, prompts: list[str], signs, chunk: int = 4) -> torch.Tensor:
+    """The margin's change when each of directions [k, d_model] is removed at every layer and position: [k].
+
+    The same numbers as profession_margin with steering.ablation_hooks, one direction per copy of the prompts
+    in a batch (a few directions per forward pass), so the check's own evidence is cheap.
+    """
+    prompts, n = list(prompts), len(prompts)
+    clean = profession_margin(model, prompts, signs)
+    units = directions.float() / directions.float().norm(dim=-1, keepdim=True)
+    effects = []
+    for start in range(0, len(units), chunk):
+        block = units[start:start + chunk]
+        rows = block.repeat_interleave(n, dim=0)  # [m * n, d]: row i removes direction i // n
+
+        def remove(x, hook, rows=rows):
+            r = rows.to(x.dtype)[:, None, :]
+            return x - (x * r).sum(-1, keepdim=True) * r
+
+        hooks = [(name, remove) for name in steering.ablation_hook_names(model)]
+        ids = single_token_id(model, " scientist"), single_token_id(model, " musician")
+        logprobs = last_logits(model, prompts * len(block), hooks, batch_size=len(rows), prepend_bos=True).log_softmax(-1)
+        diff = (logprobs[:, ids[0]] - logprobs[:, ids[1]]).reshape(len(block), n)
+        effects.append((torch.as_tensor(signs, dtype=torch.float32) * diff).mean(-1) - clean)
+    return torch.cat(effects)
+
+
+_DIRECTIONS: dict = {}
+
+
+def check_directions(model) -> dict[str, torch.Tensor]:
+    """The check's two directions at the lesson's depth, from the lesson's 80 people in one template:
+    'used': the scientist-minus-musician difference of means, NOT normalised; 'decodable': the direction of
+    a second probe fitted after the first probe's direction is projected out (not used)."""
+    key = id(model)
+    if key not in _DIRECTIONS:
+        people = load_prompt_set("l03_people")
+        rows = [i for i, p in enumerate(people.prompts) if p.startswith("The documentary was about")]
+        acts = gather_activations(model, [people.prompts[i] for i in rows], DIRECTION_HOOK, progress=False)
+        labels = people.labels[rows]
+        raw = acts[labels == 1].mean(0) - acts[labels == 0].mean(0)
+        second = probe_direction(fit_probe(remove_direction(acts, probe_direction(fit_probe(acts, labels))), labels))
+        _DIRECTIONS[key] = {"used": raw, "decodable": 3.0 * second}
+    return _DIRECTIONS[key]
+
+
+class _Evidence:
+    """The 'expected' value of a direction_is_used case: the check's own effect and p-value, computed when
+    first needed (with the check's own random directions) and then judged against the learner's answer."""
+
+    _memo: dict = {}
+
+    def __init__(self, model, direction, prompts, signs, n_random):
+        self.model, self.direction, self.prompts, self.signs, self.n_random = model, direction, prompts, signs, n_random
+
+    def evidence(self) -> tuple[float, float]:
+        key = (id(self.model), tuple(self.prompts), float(self.direction.norm()))
+        if key not in self._memo:
+            d = self.model.cfg.d_model
+            draws = torch.cat([self.direction[None].float(), steering.random_directions(d, _CHECK_DRAWS, _CHECK_SEED)])
+            effects = ablation_effects(self.model, draws, self.prompts, self.signs)
+            effect = float(effects[0])
+            self._memo[key] = (effect, (1 + int((effects[1:] <= effect).sum())) / (1 + _CHECK_DRAWS))
+        return self._memo[key]
+
+    def __call__(self, got) -> str | None:
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            return f"expected a tuple (used, effect, p_value), got {_short_repr(got)}"
+        used, effect, p_value = got
+        if isinstance(used, torch.Tensor) and used.numel() == 1 and used.dtype == torch.bool:
+            used = bool(used)
+        if not isinstance(used, (bool, np.bool_)):
+            return f"`used` should be True or False, got {_short_repr(used)}"
+        effect, p_value = _as_real(effect), _as_real(p_value)
+        if effect is None or p_value is None:
+            return "effect and p_value should each be one real number"
+        if not (math.isfinite(effect) and math.isfinite(p_value)):
+            return (f"effect {effect} and p-value {p_value} must be finite: did the residual stream explode? Removing "
+                    "x - (x . r) r only removes the component along r if r has length 1: normalise the direction first")
+        smallest = 1 / (1 + self.n_random)
+        if p_value < smallest - 1e-9 or p_value > 1 + 1e-9:
+            return (f"a p-value of {p_value:.4f} is impossible with n_random={self.n_random} random directions: it lies "
+                    f"between 1/(n_random + 1) = {smallest:.4f} (no random direction does as much) and 1. Count the real "
+                    "direction among the draws: p = (1 + #{random effects <= effect}) / (1 + n_random)")
+        ref_effect, ref_p = self.evidence()
+        if abs(effect - ref_effect) > 0.15 + 0.1 * abs(ref_effect):
+            return (f"the check measures an effect of {ref_effect:.2f} (ablated margin minus clean margin, direction "
+                    f"removed at every layer and every position), you report {effect:.2f}")
+        verdict = ref_effect < 0 and ref_p <= ALPHA
+        if bool(used) != verdict:
+            return (f"with its own {_CHECK_DRAWS} random directions the check finds p = {ref_p:.3f} for an effect of "
+                    f"{ref_effect:.2f}, so the direction is {'' if verdict else 'not '}used; you said used={bool(used)} "
+                    f"with p = {p_value:.3f}")
+        if verdict and p_value > smallest + 1e-9:
+            return (f"no random direction in the check's draws comes near this effect (p = {ref_p:.3f}), but your "
+                    f"p-value is {p_value:.3f}: with n_random={self.n_random} draws it should be {smallest:.3f}. Are your "
+                    "random directions unit vectors removed exactly as the real one, and is each compared with the "
+                    "real direction's effect (not with 0 or the clean margin)?")
+        if abs(p_value - ref_p) > P_TOLERANCE:
+            return (f"your p-value {p_value:.3f} is far from the {ref_p:.3f} the check measures with its own "
+                    f"{_CHECK_DRAWS} random directions: random directions as strong as this one should be about as "
+                    "common in your draws. Are your random directions unit vectors, removed exactly as the real one?")
+        if bool(used) != (effect < 0 and p_value <= ALPHA):
+            return f"your verdict used={bool(used)} does not follow from your own numbers (effect {effect:.2f}, p {p_value:.3f})"
+        return None
+
+
+def _short_repr(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+_USED_HINT = ("remove the UNIT direction from the residual stream at every layer and every position "
+              "(steering.ablation_hooks), effect = ablated margin minus clean margin (l03.profession_margin, with "
+              "the signs); do the same for n_random random unit directions drawn with `seed`; p = (1 + #{random "
+              "effects <= effect}) / (1 + n_random); used = effect < 0 and p <= 0.05")
+
+
+def _used_cases(model) -> list[Case]:
+    directions = check_directions(model)
+    cases = []
+    for name, n_random, seed in (("used", 19, 0), ("decodable", 9, 3)):
+        people, signs = _CHECK_PEOPLE[name]
+        prompts = [BEHAVIOUR.format(p) for p in people]
+        what = ("the lesson's difference-of-means direction, unnormalised" if name == "used" else
+                "a second probe's direction (fitted after the first probe's direction is projected out)")
+        cases.append(Case(f"{what}, {len(people)} people not in the lesson, n_random={n_random}, seed={seed}",
+                          (model, directions[name], prompts, signs), _Evidence(model, directions[name], prompts, signs, n_random),
+                          hint=_USED_HINT, kwargs={"n_random": n_random, "seed": seed}))
+    return cases
+
+
+def check_direction_is_used(fn, model) -> CheckResult:
+    """Check direction_is_used(model, direction, prompts, signs, n_random, seed) -> (used, effect, p_value) by
+    recomputing the evidence with the check's own random directions on people the lesson never used."""
+    return check("direction_is_used", fn, lambda: _used_cases(model), compare_fn=lambda got, judge: judge(got),
+                 time_limit=180)
