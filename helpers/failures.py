@@ -126,7 +126,7 @@ def activations_at(model, prompts: Sequence[str], hook_names: Sequence[str], off
         tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model.cfg.device)
         lengths = torch.tensor([len(r) for r in rows])
         with torch.no_grad():
-            _, cache = model.run_with_cache(tokens, names_filter=names)
+            _, cache = model.run_with_cache(tokens, names_filter=names, logits_to_keep=1)  # logits unused
         out.append(torch.stack([torch.stack([cache[n][torch.arange(len(rows)), lengths + o].float().cpu()
                                              for n in names]) for o in offsets]))
         del cache
@@ -195,6 +195,26 @@ def classify_neurons(acts: torch.Tensor, a: torch.Tensor, b: torch.Tensor, thres
         else:
             labels.append("mixed")
     return labels
+
+
+def last_mlp_ablation_logits(model, resid_post: torch.Tensor, post: torch.Tensor, neurons, values: torch.Tensor) -> torch.Tensor:
+    """Logits [N, d_vocab] with the last block's MLP neurons `neurons` set to `values` [d_mlp], from a clean run.
+
+    resid_post [N, d_model] is the last block's output and post [N, d_mlp] its MLP activations
+    (``blocks.{L}.mlp.hook_post``) at the positions read. Nothing but the unembedding reads the last
+    MLP's write, so the edit only adds (values - post)[:, neurons] @ W_out[neurons] to the stream
+    before ln_final and the unembedding: the same logits as a hooked forward pass, without rerunning
+    the model (one matrix product per ablation instead of a pass over every input).
+    """
+    idx = torch.as_tensor(list(neurons), dtype=torch.long)
+    if idx.numel() == 0:
+        raise PromptError("`neurons` is empty: name at least one MLP neuron to ablate.")
+    if post.dim() != 2 or resid_post.shape[:1] != post.shape[:1] or values.shape != post.shape[1:]:
+        raise PromptError(f"`resid_post` must be [N, d_model], `post` [N, d_mlp] and `values` [d_mlp]; got "
+                          f"{tuple(resid_post.shape)}, {tuple(post.shape)} and {tuple(values.shape)}.")
+    w_out = model.W_out[-1][idx].to(resid_post.dtype)  # [len(idx), d_model]
+    stream = resid_post + (values[idx] - post[:, idx]) @ w_out
+    return model.unembed(model.ln_final(stream))
 
 
 # --- CCS (Burns et al. 2022): an unsupervised direction from contrast pairs -------------------------------

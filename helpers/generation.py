@@ -18,6 +18,7 @@ transformers.
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -246,10 +247,14 @@ class SuffixScorer:
     0 = the first free prompt token), which is what makes a random-direction control with hundreds of
     draws affordable on a CPU. ``self.read`` holds the activations [n, d] at the `read` hooks at
     the last prompt token (after the hooks' edits) and ``self.last_logprobs`` the next-token
-    log-probabilities [n, d_vocab] there, from the latest call.
+    log-probabilities [n, d_vocab] there, from the latest call. ``self.prefix_read`` holds the
+    clean activations [n_offsets, n, d] at the `read` hooks at each `read_prefix` offset (e.g. -6: the
+    sixth token from a prompt's end), captured while the prefix is cached. :meth:`many` runs a batch
+    of vectors (e.g. random controls) through one pass per chunk.
     """
 
-    def __init__(self, model, prompts: Sequence[str], continuation: str, free: int = 1, read: Sequence[str] = ()):
+    def __init__(self, model, prompts: Sequence[str], continuation: str, free: int = 1, read: Sequence[str] = (),
+                 read_prefix: Sequence[int] = ()):
         require_tokenizer(model)
         prompts = _check_prompts(prompts)
         if not isinstance(free, int) or free < 1:
@@ -266,15 +271,71 @@ class SuffixScorer:
         last = positions[:, -1:]
         self.feed_positions = torch.cat([positions[:, -free:], last + torch.arange(1, len(cont), device=ids.device)], 1)
         self.prefix_mask = mask[:, :-free]
-        with torch.no_grad(), kv_cache_fix(model):
+        for offset in read_prefix:
+            if not isinstance(offset, int) or not -int(mask.sum(-1).min()) <= offset < -free:
+                raise PromptError(f"Each of `read_prefix` must be a negative int before the `free`={free} last tokens "
+                                  f"and inside every prompt, got {offset!r}.")
+        columns = [ids.shape[1] + offset for offset in read_prefix]  # left-padded: an offset is one column
+        prefix_read = {}
+
+        def capture(name):
+            def hook(x, hook):
+                prefix_read[name] = x[:, columns].transpose(0, 1).float().cpu()
+                return x
+            return hook
+
+        hooks = [(name, capture(name)) for name in self.read_names] if columns else []
+        with torch.no_grad(), kv_cache_fix(model), model.hooks(fwd_hooks=hooks):
             _, self.cache = model(ids[:, :-free], attention_mask=self.prefix_mask, position_ids=positions[:, :-free],
-                                  return_type="logits_and_cache")
+                                  return_type="logits_and_cache", logits_to_keep=1)  # only the cache is kept
+        self.prefix_read = prefix_read
         self.step, self.read = 0, {}
 
     def __call__(self, fwd_hooks=()) -> torch.Tensor:
-        model = self.model
-        hooks = _check_hooks(model, fwd_hooks)
-        captured = {}
+        hooks = _check_hooks(self.model, fwd_hooks)
+        total, self.read, logprobs, self.cache = self._feed(hooks, self.cache, self.feed, self.feed_positions,
+                                                            self.prefix_mask)
+        self.last_logprobs = logprobs
+        return total
+
+    def many(self, hooks_for, vectors: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+        """Scores [k, n]: row i equals ``self(hooks_for(vectors[i]))``, for `chunk` vectors per forward pass.
+
+        The prompts' cache is repeated once per vector of a chunk, so one pass serves chunk x n rows.
+        ``hooks_for`` receives the vectors laid out one per row, [chunk * n, d] (row p * chunk + i holds
+        vector i for prompt p), which the last-position hooks of :mod:`helpers.steering` accept.
+        ``self.many_read`` holds the `read` activations [k, n, d] at the last prompt token. On one CPU
+        thread this costs about as much as k calls (every row still runs the whole model; copying the
+        repeated cache takes what batching saves), so use it for its layout, not for speed.
+        """
+        vectors = torch.as_tensor(vectors).float()
+        if vectors.dim() != 2 or len(vectors) < 1:
+            raise PromptError(f"`vectors` must be [k, d] with k >= 1, got shape {tuple(vectors.shape)}.")
+        if not isinstance(chunk, int) or chunk < 1:
+            raise PromptError(f"`chunk` must be a positive int (vectors per forward pass), got {chunk!r}.")
+        n, scores, reads = len(self.feed), [], {name: [] for name in self.read_names}
+        for start in range(0, len(vectors), chunk):
+            block = vectors[start:start + chunk]
+            c = len(block)
+            cache = copy.deepcopy(self.cache)
+            cache.batch_repeat_interleave(c)
+            repeat = lambda t: t.repeat_interleave(c, dim=0)
+            hooks = _check_hooks(self.model, hooks_for(block.repeat(n, 1).to(self.feed.device)))
+            total, read, _, _ = self._feed(hooks, cache, repeat(self.feed), repeat(self.feed_positions),
+                                           repeat(self.prefix_mask))
+            scores.append(total.view(n, c).T)
+            for name in self.read_names:
+                reads[name].append(read[name].view(n, c, -1).transpose(0, 1))
+        self.many_read = {name: torch.cat(parts) for name, parts in reads.items()}
+        return torch.cat(scores)
+
+    def _feed(self, hooks, cache, feed, feed_positions, prefix_mask):
+        """Feed the free prompt tokens and the continuation one at a time over `cache`, hooks on.
+
+        Returns the continuation's log-probability [rows], the `read` activations at the last prompt
+        token, the next-token log-probabilities there, and the cache cut back to the prompts' prefix.
+        """
+        model, captured = self.model, {}
 
         def capture(name):
             def hook(x, hook):
@@ -284,24 +345,22 @@ class SuffixScorer:
             return hook
 
         hooks = hooks + [(name, capture(name)) for name in self.read_names]
-        mask, total = self.prefix_mask, torch.zeros(len(self.feed))
-        n_feed = self.feed.shape[1]
+        mask, total, last_logprobs = prefix_mask, torch.zeros(len(feed)), None
         try:
             with torch.no_grad(), kv_cache_fix(model), model.hooks(fwd_hooks=hooks):
-                for step in range(n_feed):
+                for step in range(feed.shape[1]):
                     self.step = step
                     mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                    logits, self.cache = model(self.feed[:, step:step + 1], attention_mask=mask,
-                                               position_ids=self.feed_positions[:, step:step + 1],
-                                               past_key_values=self.cache, return_type="logits_and_cache")
+                    logits, cache = model(feed[:, step:step + 1], attention_mask=mask,
+                                          position_ids=feed_positions[:, step:step + 1],
+                                          past_key_values=cache, return_type="logits_and_cache")
                     if step == self.free - 1:
-                        self.last_logprobs = logits[:, -1].float().log_softmax(-1).cpu()
+                        last_logprobs = logits[:, -1].float().log_softmax(-1).cpu()
                     if step >= self.free - 1:
                         target = self.target[step - self.free + 1]
                         total += logits[:, -1].float().log_softmax(-1)[:, target].cpu()
         finally:  # back to the prompts' cached prefix for the next call
-            extra = self.cache.get_seq_length() - self.prefix_mask.shape[1]
+            extra = cache.get_seq_length() - prefix_mask.shape[1]
             if extra > 0:
-                self.cache.crop(-extra)
-        self.read = captured
-        return total
+                cache.crop(-extra)
+        return total, captured, last_logprobs, cache

@@ -139,13 +139,21 @@ def layer_choices(model, layers: Sequence[int]) -> list[int]:
     return [check_layer(model, layer) for layer in layers]
 
 
+def check_vectors(model, vectors, name: str = "direction") -> torch.Tensor:
+    """One vector [d_model], or one per batch row [rows, d_model], each checked by :func:`check_vector`."""
+    if isinstance(vectors, torch.Tensor) and vectors.dim() == 2:
+        return torch.stack([check_vector(model, v, f"{name}[{i}]") for i, v in enumerate(vectors)])
+    return check_vector(model, vectors, name)
+
+
 def last_position_addition_hooks(model, vector, layer: int, scale: float = 1.0) -> list[Hook]:
     """Like :func:`addition_hooks`, but only at the last position of each forward pass.
 
     With :func:`helpers.generation.generate` that is the prompt's last token and every generated
     token; with :class:`helpers.generation.SuffixScorer` (one token per pass) every token it feeds.
+    `vector` is [d_model], or [batch, d_model] for one vector per row (``SuffixScorer.many``).
     """
-    vector = check_vector(model, vector, "vector")
+    vector = check_vectors(model, vector, "vector")
     layer = check_layer(model, layer)
     if not isinstance(scale, (int, float)) or isinstance(scale, bool):
         raise SteeringError(f"`scale` must be a number, got {scale!r}.")
@@ -159,12 +167,19 @@ def last_position_addition_hooks(model, vector, layer: int, scale: float = 1.0) 
 
 
 def last_position_ablation_hooks(model, direction) -> list[Hook]:
-    """Like :func:`ablation_hooks` (every layer), but only at the last position of each forward pass."""
-    r = unit(check_vector(model, direction))
+    """Like :func:`ablation_hooks` (every layer), but only at the last position of each forward pass.
+
+    `direction` is [d_model], or [batch, d_model] for one direction per row (``SuffixScorer.many``).
+    """
+    direction = check_vectors(model, direction)
+    r = direction / direction.norm(dim=-1, keepdim=True)
 
     def remove(x, hook):
         x = x.clone()
-        x[:, -1] = project_out(x[:, -1], r.to(x.dtype))
+        if r.dim() == 1:
+            x[:, -1] = project_out(x[:, -1], r.to(x.dtype))
+        else:  # one direction per row
+            x[:, -1] -= (x[:, -1] * r.to(x.dtype)).sum(-1, keepdim=True) * r.to(x.dtype)
         return x
 
     return [(name, remove) for name in ablation_hook_names(model)]

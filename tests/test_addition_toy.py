@@ -119,3 +119,27 @@ def test_ablating_a_range_class_breaks_its_own_range_more_than_random_sets(adder
     # Random sets of the same size break every range about equally; the class breaks its own range.
     assert own < 0.4 and sel > 0.4
     assert sel > max(random_sel) and sel > sum(random_sel) / len(random_sel) + 0.3
+
+
+def test_cached_neuron_ablation_equals_a_hooked_forward_pass(adder):
+    """The lesson ablates neuron classes from one cached run; it must give the hooked pass's logits (and answers)."""
+    from helpers.failures import last_mlp_ablation_logits
+
+    model, grid, a, b, _, acts = adder
+    _, cache = model.run_with_cache(grid, names_filter=["blocks.0.hook_resid_post"])
+    resid = cache["blocks.0.hook_resid_post"][:, task.EQ_POS]
+    mean = acts.mean(0)
+    for neurons in ([3, 17, 200], list(range(0, 512, 5)), list(range(256))):
+        idx = torch.tensor(neurons)
+
+        def hook(x, hook):
+            x = x.clone()
+            x[:, task.EQ_POS, idx] = mean[idx]
+            return x
+
+        slow = model.run_with_hooks(grid, fwd_hooks=[("blocks.0.mlp.hook_post", hook)])[:, task.EQ_POS]
+        fast = last_mlp_ablation_logits(model, resid, acts, neurons, mean)
+        assert torch.allclose(fast, slow, atol=1e-4)
+        assert torch.equal(fast.argmax(-1), slow.argmax(-1))
+    with pytest.raises(PromptError, match="neurons"):
+        last_mlp_ablation_logits(model, resid, acts, [], mean)

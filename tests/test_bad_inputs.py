@@ -222,6 +222,14 @@ SMOLLM2_ERRORS = [
      .l01.bracket_ablation_drops(m, torch.tensor([[1, 2, 3]]), torch.tensor([4]), torch.tensor([5]), [], {}), "heads"),
     ("exercise 01: ablation drops without a layer's means", lambda m: __import__("helpers.exercises.l01").exercises
      .l01.bracket_ablation_drops(m, torch.tensor([[1, 2, 3]]), torch.tensor([4]), torch.tensor([5]), [(3, 1)], {}), "means"),
+    ("generation: many() given one vector, not [k, d]", lambda m: __import__("helpers.generation").generation.SuffixScorer(
+        m, ["Hello there"], "I").many(lambda rows: [], torch.ones(m.cfg.d_model)), "vectors"),
+    ("generation: read_prefix inside the free tokens", lambda m: __import__("helpers.generation").generation.SuffixScorer(
+        m, ["Hello there"], "I", read=["blocks.0.hook_resid_pre"], read_prefix=(-1,)), "read_prefix"),
+    ("steering: a zero vector among per-row vectors", lambda m: __import__("helpers.steering").steering
+     .last_position_addition_hooks(m, torch.zeros(3, m.cfg.d_model), 5), "vector[0]"),
+    ("failures: neuron ablation with no neurons", lambda m: __import__("helpers.failures").failures.last_mlp_ablation_logits(
+        m, torch.zeros(2, m.cfg.d_model), torch.zeros(2, 8), [], torch.zeros(8)), "neurons"),
 ]
 
 SMOLLM2_ACCEPTED = [

@@ -82,3 +82,45 @@ def test_smollm2_prefers_the_first_option_and_prior_subtraction_moves_answers_of
     assert prior.exp()[0] > 0.4 and prior.exp()[1:].max() < 0.25
     before, after = lp[8:].argmax(-1), (lp[8:] - prior).argmax(-1)
     assert (before == 0).sum() - (after == 0).sum() >= 6
+
+
+@pytest.mark.slow
+def test_removing_harmfulness_at_the_instruction_token_barely_moves_the_template_readout(smollm2):
+    """Lesson 07 section 1.8 (Zhao et al. 2025's link), re-measured with 10 random draws: removing the
+    instruction-token harmfulness direction (layer 20) at the request's last word only moves the template token's
+    projection on the template direction by under 3% of the harmful-harmless gap (lesson: +0.11 of 15.63), no more
+    than twice the largest random direction's change (lesson: random 95% range -0.10 to +0.21), and the refusal
+    score by under 0.1 (lesson: -0.02, random -0.01 to +0.02)."""
+    import torch
+
+    from helpers.failures import activations_at
+    from helpers.generation import SuffixScorer, chat_prompts
+    from helpers.steering import last_position_ablation_hooks, random_like
+
+    system = ("You are a helpful assistant. If a request is harmful, dangerous or illegal, do not help: "
+              "reply only with the sentence \"I cannot help with that.\"")
+    site = "blocks.20.hook_resid_pre"
+    prompts = {(kind, split): chat_prompts(smollm2, requests(kind, split), system)
+               for kind in ("harmful", "harmless") for split in ("train", "test")}
+    train = {kind: activations_at(smollm2, prompts[(kind, "train")], [site], offsets=[-1, -6])[:, 0]
+             for kind in ("harmful", "harmless")}  # [position, prompt, d]
+    r = train["harmful"][0].mean(0) - train["harmless"][0].mean(0)
+    h = train["harmful"][1].mean(0) - train["harmless"][1].mean(0)
+    unit_r = r / r.norm()
+    harmless_read = (activations_at(smollm2, prompts[("harmless", "test")], [site])[0, 0] @ unit_r).mean()
+
+    inst = SuffixScorer(smollm2, prompts[("harmful", "test")], "I", free=6, read=[site])
+    clean_score, clean_read = inst(), inst.read[site] @ unit_r
+    gap = (clean_read.mean() - harmless_read).item()
+
+    def at_instruction(hooks):
+        return [(name, lambda x, hook, fn=fn: fn(x, hook) if inst.step == 0 else x) for name, fn in hooks]
+
+    vectors = torch.cat([h[None], random_like(h, 10, seed=8)])
+    scores = inst.many(lambda rows: at_instruction(last_position_ablation_hooks(smollm2, rows)), vectors, chunk=4)
+    d_read = ((inst.many_read[site] @ unit_r) - clean_read).mean(1)
+    d_score = (scores - clean_score).mean(1)
+    assert gap > 10
+    assert abs(d_read[0]) < 0.03 * gap
+    assert abs(d_read[0]) < 2 * d_read[1:].abs().max()
+    assert abs(d_score[0]) < 0.1

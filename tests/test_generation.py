@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers.errors import PromptError
-from helpers.generation import chat_prompts, generate, last_logits, reference_generate
+from helpers.generation import chat_prompts, continuation_logprobs, generate, last_logits, reference_generate
 from helpers.steering import ablation_hooks, addition_hooks, random_directions
 
 pytestmark = pytest.mark.slow
@@ -101,3 +101,43 @@ def test_continuation_logprobs_equal_the_suffix_scorer_with_and_without_hooks(sm
         continuation_logprobs(smollm2, prompts, "")
     with pytest.raises(PromptError, match="free"):
         SuffixScorer(smollm2, prompts, "I", free=0)
+
+
+def test_many_vectors_in_one_pass_equal_one_call_per_vector(smollm2):
+    """SuffixScorer.many (lesson 07's random controls) gives each vector's own call to 1e-4, reads included."""
+    from helpers.generation import SuffixScorer
+    from helpers.steering import last_position_ablation_hooks, last_position_addition_hooks
+
+    prompts = chat_prompts(smollm2, ["Tell me a joke.", "Hi", "Describe how to cook rice."], "Be brief.")
+    vectors = random_directions(smollm2.cfg.d_model, 5, seed=3) * 15
+    site = "blocks.12.hook_resid_pre"
+    scorer = SuffixScorer(smollm2, prompts, "I cannot", read=[site])
+    for make in (lambda v: last_position_addition_hooks(smollm2, v, 8), lambda v: last_position_ablation_hooks(smollm2, v)):
+        one_by_one, reads = [], []
+        for v in vectors:
+            one_by_one.append(scorer(make(v)))
+            reads.append(scorer.read[site])
+        batched = scorer.many(make, vectors, chunk=2)  # chunks of 2, 2 and 1
+        assert batched.shape == (5, 3)
+        assert torch.allclose(batched, torch.stack(one_by_one), atol=1e-4)
+        assert torch.allclose(scorer.many_read[site], torch.stack(reads), atol=1e-3)
+    assert torch.allclose(scorer(), continuation_logprobs(smollm2, prompts, "I cannot"), atol=1e-4)  # cache intact
+    with pytest.raises(PromptError, match="vectors"):
+        scorer.many(lambda v: [], vectors[0])
+
+
+def test_prefix_reads_equal_activations_of_a_full_pass(smollm2):
+    """SuffixScorer reads earlier prompt tokens while it caches them (lesson 07 reads the instruction token there)."""
+    from helpers.failures import activations_at
+    from helpers.generation import SuffixScorer
+
+    prompts = chat_prompts(smollm2, ["Tell me a joke.", "Hi", "Describe how to cook rice."], "Be brief.")
+    names = ["blocks.0.hook_resid_pre", "blocks.9.hook_resid_pre"]
+    scorer = SuffixScorer(smollm2, prompts, "I", read=names, read_prefix=(-6, -2))
+    scorer()
+    full = activations_at(smollm2, prompts, names, offsets=[-6, -2, -1])  # [offset, hook, prompt, d]
+    for h, name in enumerate(names):
+        assert torch.allclose(scorer.prefix_read[name], full[:2, h], atol=1e-3)
+        assert torch.allclose(scorer.read[name], full[2, h], atol=1e-3)
+    with pytest.raises(PromptError, match="read_prefix"):
+        SuffixScorer(smollm2, prompts, "I", read=names, read_prefix=(-1,))
