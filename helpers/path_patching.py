@@ -118,11 +118,13 @@ def path_patch(model, clean_tokens, corrupted_tokens, metric: Metric, senders: S
 
 def path_patch_each_receiver(model, clean_tokens, corrupted_tokens, metric: Metric, sender: Head,
                              receivers: Sequence[Head], receiver_input: str = "q", *,
-                             progress: bool = True) -> torch.Tensor:
+                             batch_size: int | None = 8, progress: bool = True) -> torch.Tensor:
     """Metric with one sender's path into each receiver's `receiver_input`, one receiver at a time: [len(receivers)].
 
     The same number as `path_patch(..., [sender], [receiver], receiver_input)` for each receiver, with
-    the caches built once: a sweep of where one head's effect goes.
+    the work shared: the frozen run (every head clean except the sender) runs once and records every
+    receiver's input; the receiving runs go `batch_size` receivers at a time, each block of rows with
+    its own receiver's input replaced. A sweep of where one head's effect goes.
     """
     if isinstance(receivers, str) and receivers == "logits":
         raise PathPatchingError("`receivers` must be (layer, head) pairs here; for a sender's direct path to the "
@@ -133,13 +135,76 @@ def path_patch_each_receiver(model, clean_tokens, corrupted_tokens, metric: Metr
                                 "for several senders together use path_patch.")
     clean, corrupted, senders, receivers, receiver_input = _check(
         model, clean_tokens, corrupted_tokens, [sender], receivers, receiver_input)
+    with validate.reraise_as(PathPatchingError):
+        batch_size = validate.positive_int(batch_size, "batch_size", allow_none=True) or len(receivers)
     setup = _setup(model, clean, corrupted, metric)
-    values = []
-    for receiver in tqdm(receivers, desc="path patching", disable=not progress, leave=False):
-        slots = _receiver_slots(model, [receiver], receiver_input)
-        out = _run(setup, senders, slots, [receiver[0]])
-        values.append(out[0].detach().float().cpu())
-    return torch.stack(values)
+    slots = [(f"blocks.{layer}.attn.hook_{receiver_input}", head if receiver_input == "q" else kv_head(model, head), layer)
+             for layer, head in receivers]
+    recorded = _record_receiver_inputs(setup, senders, {name for name, _, _ in slots}, max(layer for _, _, layer in slots))
+    order = sorted(range(len(receivers)), key=lambda i: receivers[i][0])
+    values = torch.full((len(receivers),), float("nan"))
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for chunk in tqdm(chunks, desc="path patching", disable=not progress or len(chunks) < 2, leave=False):
+        out = _receive(setup, recorded, [slots[i] for i in chunk])
+        values[torch.tensor(chunk)] = torch.stack([v.detach().float().cpu() for v in out])
+    return values
+
+
+def _record_receiver_inputs(setup: dict, senders: Sequence[Head], names: set[str], last_layer: int) -> dict:
+    """One frozen run (every head clean except the senders, corrupted): the receivers' inputs it produces."""
+    recorded: dict[str, torch.Tensor] = {}
+    model, clean_cache, corrupted_cache = setup["model"], setup["clean_cache"], setup["corrupted_cache"]
+    with torch.no_grad():
+        if setup["mode"] == "full":
+            freeze = _freeze_hooks(range(model.cfg.n_layers), clean_cache, corrupted_cache, senders, setup["clean"].shape[0], 0)
+            model.run_with_hooks(setup["clean"], fwd_hooks=freeze + _recorders(names, recorded))
+            return recorded
+        replayer, start, first = setup["replayer"], setup["start"], min(layer for layer, _ in senders)
+        x = clean_cache[f"blocks.{first}.hook_resid_pre"][:, start:]
+        hooks = _freeze_hooks(range(first, last_layer + 1), clean_cache, corrupted_cache, senders, replayer.batch, start)
+        with model.hooks(fwd_hooks=hooks + _recorders(names, recorded)):
+            for layer in range(first, last_layer + 1):
+                x = replayer.block(layer, x, start)
+    return recorded
+
+
+def _receive(setup: dict, recorded: dict, chunk: Sequence[tuple[str, int, int]]) -> list[torch.Tensor]:
+    """Clean runs, one block of rows per (hook name, head index, layer) in `chunk`, each with that one input
+    replaced by its recorded value: the metric of each."""
+    model, clean_cache, clean_logits, metric = setup["model"], setup["clean_cache"], setup["clean_logits"], setup["metric"]
+    batch, n = setup["clean"].shape[0], len(chunk)
+    by_name: dict[str, list[tuple[int, int]]] = {}
+    for v, (name, index, _) in enumerate(chunk):
+        by_name.setdefault(name, []).append((v, index))
+
+    def replacer(name: str):
+        def replace(act, hook):
+            act = act.clone()
+            for v, index in by_name[name]:
+                act[v * batch:(v + 1) * batch, :, index] = recorded[name][:, :, index]
+            return act
+        return replace
+    hooks = [(name, replacer(name)) for name in by_name]
+    with torch.no_grad():
+        if setup["mode"] == "full":
+            logits = model.run_with_hooks(setup["clean"].repeat(n, 1), fwd_hooks=hooks)
+            return [scalar_metric(metric, logits[v * batch:(v + 1) * batch], PathPatchingError, run="path-patched run")
+                    for v in range(n)]
+        replayer, start, read = setup["replayer"], setup["start"], setup["read"]
+        entry = min(layer for _, _, layer in chunk)
+        x = clean_cache[f"blocks.{entry}.hook_resid_pre"][:, start:].repeat(n, 1, 1)
+        with model.hooks(fwd_hooks=hooks):
+            for layer in range(entry, len(model.blocks)):
+                x = replayer.block(layer, x, start)
+        computed = [q for q in read if q >= start]
+        fresh = replayer.logits(x[:, [q - start for q in computed]])
+    out = []
+    for v in range(n):
+        logits = clean_logits.new_full(clean_logits.shape, float("nan"))
+        logits[:, [q for q in read if q < start]] = clean_logits[:, [q for q in read if q < start]]
+        logits[:, computed] = fresh[v * batch:(v + 1) * batch]
+        out.append(scalar_metric(metric, logits, PathPatchingError, run="path-patched run"))
+    return out
 
 
 def _setup(model, clean: torch.Tensor, corrupted: torch.Tensor, metric: Metric) -> dict:

@@ -138,3 +138,27 @@ def test_batched_equals_reference_on_smollm2_ioi(smollm2):
     slow = torch.cat([path_patch_reference(smollm2, data.clean_tokens, data.corrupted_tokens, metric, [(20, 0)], [r], "q")
                       for r in [(23, 3), (24, 4)]])
     assert torch.allclose(each, slow, atol=1e-4)
+
+
+def test_each_receiver_gives_the_same_numbers_in_any_batch_size(toy, toy_pair):
+    clean, corrupted, metric = toy_pair
+    receivers = [(1, 1), (1, 0)]
+    together = path_patch_each_receiver(toy, clean, corrupted, metric, (0, 1), receivers, "k", progress=False)
+    alone = path_patch_each_receiver(toy, clean, corrupted, metric, (0, 1), receivers, "k", batch_size=1, progress=False)
+    assert torch.allclose(together, alone, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("receiver_input", ["q", "v"])
+def test_each_receiver_across_layers_matches_the_reference_on_smollm2(smollm2, receiver_input):
+    """Receivers in three layers, batched out of layer order: each equals the slow one-path reference."""
+    from helpers import ioi
+
+    data = ioi.make_dataset(smollm2, 1, seed=0)
+    metric = ioi.logit_diff_metric(data)
+    receivers = [(23, 0), (21, 5), (29, 0), (23, 7)]
+    each = path_patch_each_receiver(smollm2, data.clean_tokens, data.corrupted_tokens, metric, (20, 0), receivers,
+                                    receiver_input, batch_size=3, progress=False)
+    reference = torch.cat([path_patch_reference(smollm2, data.clean_tokens, data.corrupted_tokens, metric, [(20, 0)],
+                                                [r], receiver_input) for r in receivers])
+    assert torch.allclose(each, reference, atol=1e-4)
