@@ -174,6 +174,10 @@ def _load_smollm2(device: str):
     directory = build_smollm2_cache()
     try:
         return _bridge_from_cache(directory, device)
+    except (ImportError, MemoryError, KeyboardInterrupt):
+        # not the cache's fault (e.g. a local file named like a standard module, such as profile.py, shadowing
+        # it): rebuilding would delete a cache that other notebooks may be reading, so say what broke instead
+        raise
     except Exception as error:  # noqa: BLE001 - a cache that validates but still fails to load: rebuild once
         print(f"Loading the cached model failed ({type(error).__name__}); rebuilding the cache.", file=sys.stderr)
         try:

@@ -180,3 +180,19 @@ def test_prev_token_toy_has_its_planted_head(prev_token_model):
     to_previous = pattern[:, :, 1:, :].diagonal(dim1=-2, dim2=-1).mean((0, 2))
     assert accuracy > 0.99
     assert to_previous.max().item() > 0.8
+
+
+def test_an_import_error_while_loading_does_not_rebuild_the_shared_cache(monkeypatch, tmp_path):
+    """A broken environment (e.g. a local profile.py shadowing the standard module) is not a broken cache:
+    the error surfaces and the cache folder, which other notebooks may be reading, is left alone."""
+    import helpers.models as models
+
+    rebuilds = []
+    monkeypatch.setattr(models, "build_smollm2_cache", lambda force=False: rebuilds.append(force) or tmp_path)
+
+    def fail(directory, device):
+        raise ImportError("cannot import name 'Profile' from 'profile'")
+    monkeypatch.setattr(models, "_bridge_from_cache", fail)
+    with pytest.raises(ImportError, match="profile"):
+        models._load_smollm2("cpu")
+    assert rebuilds == [False]  # looked up once, never forced
