@@ -196,6 +196,15 @@ def _receive(setup: dict, recorded: dict, chunk: Sequence[tuple[str, int, int]])
         with model.hooks(fwd_hooks=hooks):
             for layer in range(entry, len(model.blocks)):
                 x = replayer.block(layer, x, start)
+        return _variant_metrics(replayer, x, clean_logits, metric, read, start, n)
+
+
+def _variant_metrics(replayer, x: torch.Tensor, clean_logits: torch.Tensor, metric: Metric, read: list[int],
+                     start: int, n: int) -> list[torch.Tensor]:
+    """The metric of each of n variants from the final residual x [n * batch, pos - start, d]: the positions the
+    metric reads are unembedded from x, those before `start` taken from the clean logits, the rest left NaN."""
+    batch = clean_logits.shape[0]
+    with torch.no_grad():
         computed = [q for q in read if q >= start]
         fresh = replayer.logits(x[:, [q - start for q in computed]])
     out = []
@@ -312,15 +321,7 @@ def _replay_chunk(replayer, clean_cache, corrupted_cache, clean_logits, metric, 
         with model.hooks(fwd_hooks=_replacers(slots, recorded)):
             for layer in range(entry, n_layers):
                 x = replayer.block(layer, x, start)
-    computed = [q for q in read if q >= start]
-    fresh = replayer.logits(x[:, [q - start for q in computed]])
-    out = []
-    for v in range(n):
-        logits = clean_logits.new_full(clean_logits.shape, float("nan"))
-        logits[:, [q for q in read if q < start]] = clean_logits[:, [q for q in read if q < start]]
-        logits[:, computed] = fresh[v * batch:(v + 1) * batch]
-        out.append(scalar_metric(metric, logits, PathPatchingError, run="path-patched run"))
-    return out
+    return _variant_metrics(replayer, x, clean_logits, metric, read, start, n)
 
 
 def path_patch_reference(model, clean_tokens, corrupted_tokens, metric: Metric, senders: Sequence[Head],
