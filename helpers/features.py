@@ -79,20 +79,66 @@ def next_token_loss(model, tokens: list[torch.Tensor], hook: str | None = None, 
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
             logits = model(ids)
         # predictions made at positions 1 .. len-2 (the BOS position's prediction is not spliced)
-        logp = logits[:, 1:-1].log_softmax(-1).gather(-1, ids[:, 2:, None])[..., 0]
-        mask = torch.arange(1, ids.shape[1] - 1)[None] < (lengths[:, None] - 1)
-        total -= (logp * mask).sum().item()
-        count += int(mask.sum())
+        batch_total, n = _summed_loss(logits, ids, lengths)
+        total += batch_total
+        count += n
     return total / count
+
+
+def _summed_loss(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[float, int]:
+    """Summed next-token loss and count over positions 1 .. len-2 of each row (what next_token_loss averages)."""
+    x = logits[:, 1:-1].float()
+    logp = x.gather(-1, ids[:, 2:, None])[..., 0] - x.logsumexp(-1)
+    mask = torch.arange(1, ids.shape[1] - 1)[None] < (lengths[:, None] - 1)
+    return -(logp * mask).sum().item(), int(mask.sum())
+
+
+def next_token_losses(model, tokens: list[torch.Tensor], hook: str, replaces: dict, batch_size: int = 16
+                      ) -> dict[str, float]:
+    """{"clean": loss, name: loss with replaces[name] at `hook`, ...}: next_token_loss for many replacements at once.
+
+    Each batch runs in full once (the clean loss); each replacement then replays only the blocks from the
+    hook's block up (:class:`helpers.patching.RunFromLayer`), since nothing below the hook can change.
+    Same numbers as one next_token_loss call per replacement (tested to 1e-4), in about half the time.
+    """
+    from helpers.tokens import check_hook_name
+
+    hook = check_hook_name(model, hook)
+    if not isinstance(replaces, dict) or not replaces or not all(callable(f) for f in replaces.values()):
+        raise SAEError("`replaces` must be a non-empty dict {name: function(act) -> act}, got "
+                       f"{validate.describe(replaces)}.")
+    parts = hook.split(".")
+    layer = int(parts[1]) if parts[0] == "blocks" else None
+    batch_size = validate.positive_int(batch_size, "batch_size")
+    totals, count = dict.fromkeys(["clean", *replaces], 0.0), 0
+    for start in range(0, len(tokens), batch_size):
+        batch = tokens[start:start + batch_size]
+        ids = _padded(batch, model.tokenizer.pad_token_id or 0)
+        lengths = torch.tensor([len(t) for t in batch])
+        if layer is None:  # a hook before the blocks: every run is a full one
+            run = lambda hooks: model.run_with_hooks(ids, fwd_hooks=hooks)  # noqa: E731
+            clean = model(ids)
+        else:
+            replay = RunFromLayer(model, ids, layer)
+            run, clean = replay, replay.logits
+        with torch.no_grad():
+            totals["clean"] += _summed_loss(clean, ids, lengths)[0]
+            for name, replace in replaces.items():
+                def splice(act, hook, replace=replace):  # noqa: ARG001
+                    act = act.clone()
+                    act[:, 1:] = replace(act[:, 1:])
+                    return act
+                total, n = _summed_loss(run([(hook, splice)]), ids, lengths)
+                totals[name] += total
+        count += n
+    return {name: total / count for name, total in totals.items()}
 
 
 def spliced_losses(model, sae: SAE, tokens: list[torch.Tensor], mean_act: torch.Tensor) -> dict[str, float]:
     """Next-token loss clean, with the SAE's reconstruction spliced in, and with the layer zero- and mean-ablated."""
     mean_act = validate.tensor(mean_act, "mean_act", ndim=1, shape_doc="[d_model]")
-    out = {"clean": next_token_loss(model, tokens),
-           "sae": next_token_loss(model, tokens, sae.hook, lambda a: sae(a)[0]),
-           "zero_ablation": next_token_loss(model, tokens, sae.hook, torch.zeros_like),
-           "mean_ablation": next_token_loss(model, tokens, sae.hook, lambda a: mean_act.expand_as(a))}
+    out = next_token_losses(model, tokens, sae.hook, {
+        "sae": lambda a: sae(a)[0], "zero_ablation": torch.zeros_like, "mean_ablation": lambda a: mean_act.expand_as(a)})
     out["recovered_vs_zero"] = (out["zero_ablation"] - out["sae"]) / (out["zero_ablation"] - out["clean"])
     out["recovered_vs_mean"] = (out["mean_ablation"] - out["sae"]) / (out["mean_ablation"] - out["clean"])
     return out
@@ -198,9 +244,10 @@ def _last_logits(model, prompts: Sequence[str], fwd_hooks, run) -> torch.Tensor:
     tokens = [model.to_tokens(p)[0] for p in prompts]
     ids = _padded(tokens, model.tokenizer.pad_token_id or 0)
     last = torch.tensor([len(t) - 1 for t in tokens])
+    keep = last.unique()  # unembed only the columns where some prompt ends
     with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
-        logits = model(ids)
-    return logits[torch.arange(len(tokens)), last]
+        logits = model(ids, logits_to_keep=keep)
+    return logits[torch.arange(len(tokens)), torch.searchsorted(keep, last)]
 
 
 def last_token_logprobs(model, prompts: Sequence[str], answer_ids: Sequence[int], fwd_hooks=(),

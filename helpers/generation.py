@@ -186,7 +186,7 @@ def last_logits(model, prompts: Sequence[str], fwd_hooks=(), batch_size: int = 3
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         for start in range(0, len(prompts), batch_size):
             ids, mask = _encode(model, prompts[start:start + batch_size], prepend_bos)
-            logits = model(ids, attention_mask=mask, position_ids=_positions(mask))
+            logits = model(ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=1)  # last column only
             out.append(logits[:, -1].float().cpu())
     return torch.cat(out)
 

@@ -15,10 +15,18 @@ In a solutions notebook, solution code sits between two marker lines in a code c
 
 The exercise keeps everything outside the markers and replaces the block with a stub at the same
 indentation. Cells tagged ``solution-only`` (e.g. a worked explanation) are dropped from exercises.
+
+An exercise notebook's follow-up cells (``fn = use_or_reference(result, fn, reference)`` and what
+they compute) run the reference until the learner's answer passes, so on a blank notebook they
+repeat the solutions notebook's cells exactly. They are tagged ``nbval-skip`` in exercises/, with
+every later cell that reads a name they set: the test suite runs them once, in solutions/, and
+``tests/test_notebooks.py`` checks that their committed outputs in exercises/ are the same. A
+solutions cell tagged ``exercise-rerun`` is run in both (its output differs by design).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import sys
 from pathlib import Path
@@ -29,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS, EXERCISES, LESSONS = ROOT / "solutions", ROOT / "exercises", ROOT / "notebooks"
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 SOLUTION_ONLY_TAG = "solution-only"
+SKIP_TAG, RERUN_TAG, USE_CALL = "nbval-skip", "exercise-rerun", "use_or_reference("
 _BLOCK = re.compile(rf"^([ \t]*){re.escape(BEGIN)}[^\n]*\n.*?^[ \t]*{re.escape(END)}[^\n]*(\n|$)", re.M | re.S)
 
 
@@ -50,6 +59,108 @@ def stub_source(source: str, where: str = "") -> str:
     return _BLOCK.sub(replace, source)
 
 
+class _Names(ast.NodeVisitor):
+    """Names a cell binds at top level (not inside functions, classes, lambdas or comprehensions), and the
+    names it reads before binding them itself (anywhere, in evaluation order: an assignment's value first)."""
+
+    def __init__(self):
+        self.bound, self.read, self._depth = set(), set(), 0
+
+    def visit_Name(self, node):
+        if isinstance(node.ctx, ast.Load):
+            if node.id not in self.bound:
+                self.read.add(node.id)
+        elif self._depth == 0:
+            self.bound.add(node.id)
+
+    def visit_Assign(self, node):
+        self.visit(node.value)
+        for target in node.targets:
+            self.visit(target)
+
+    def visit_AnnAssign(self, node):
+        if node.value is not None:
+            self.visit(node.value)
+        self.visit(node.target)
+
+    def visit_AugAssign(self, node):
+        if isinstance(node.target, ast.Name) and node.target.id not in self.bound:
+            self.read.add(node.target.id)
+        self.visit(node.value)
+        self.visit(node.target)
+
+    def visit_For(self, node):
+        self.visit(node.iter)
+        self.visit(node.target)
+        for child in node.body + node.orelse:
+            self.visit(child)
+
+    def _scope(self, node, name=None):
+        if name and self._depth == 0:
+            self.bound.add(name)
+        self._depth += 1
+        self.generic_visit(node)
+        self._depth -= 1
+
+    def visit_FunctionDef(self, node):
+        self._scope(node, node.name)
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
+
+    def visit_Lambda(self, node):
+        self._scope(node)
+
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = visit_Lambda
+
+    def visit_Import(self, node):
+        if self._depth == 0:
+            self.bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+
+    visit_ImportFrom = visit_Import
+
+
+def _cell_names(source: str) -> tuple[set[str], set[str]]:
+    """(bound, read) names of a code cell; IPython magics and shell lines are left out."""
+    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    names = _Names()
+    try:
+        names.visit(ast.parse("\n".join(lines)))
+    except SyntaxError:  # not plain Python: treat it as reading everything
+        return set(), {"*"}
+    return names.bound, names.read
+
+
+def _tag_repeated_follow_ups(cells: list, rerun: set[int]) -> None:
+    """Tag nbval-skip on follow-up cells (see the module docstring) and on later cells reading what they set.
+
+    A check cell (one that calls a ``check_`` function) and an ``exercise-rerun`` cell always run: a
+    follow-up whose names such a cell reads (e.g. one that loads the model for the next exercise) is not
+    skipped either.
+    """
+    code = [(i, cell, *_cell_names(cell.source)) for i, cell in enumerate(cells) if cell.cell_type == "code"]
+    kept: set[int] = set()
+    while True:
+        origin: dict[str, set[int]] = {}  # a name bound by a skipped cell -> the follow-ups it stems from
+        skipped, conflict = [], set()
+        for i, cell, bound, read in code:
+            hit = set(origin) if "*" in read else read & set(origin)
+            follow_up = USE_CALL in cell.source and i not in rerun and i not in kept
+            if ("check_" in cell.source or i in rerun) and not follow_up:
+                conflict |= set().union(*(origin[name] for name in hit))
+            elif follow_up or hit:
+                skipped.append(cell)
+                roots = set().union({i} if follow_up else set(), *(origin[name] for name in hit))
+                origin.update(dict.fromkeys(bound, roots))
+                continue
+            for name in bound:
+                origin.pop(name, None)
+        if not conflict:
+            break
+        kept |= conflict
+    for cell in skipped:
+        cell.metadata["tags"] = [*cell.metadata.get("tags", []), SKIP_TAG]
+
+
 def exercise_notebook(solution_path: Path) -> nbformat.NotebookNode:
     """The exercise version of a solutions notebook (outputs cleared, solutions stubbed)."""
     nb = nbformat.read(solution_path, as_version=4)
@@ -60,23 +171,32 @@ def exercise_notebook(solution_path: Path) -> nbformat.NotebookNode:
         "Stuck? The solutions notebook has a worked answer.")
     banner.metadata["tags"] = ["generated-banner"]
     cells.append(banner)
+    rerun = set()
     for index, cell in enumerate(nb.cells):
-        if SOLUTION_ONLY_TAG in cell.metadata.get("tags", []):
+        tags = cell.metadata.get("tags", [])
+        if SOLUTION_ONLY_TAG in tags:
             continue
         cell = nbformat.from_dict(dict(cell))
+        cell.metadata = nbformat.from_dict({k: v for k, v in cell.metadata.items() if k != "execution"})
+        if RERUN_TAG in tags:
+            rerun.add(len(cells))
+            cell.metadata["tags"] = [tag for tag in tags if tag != RERUN_TAG]
+            if not cell.metadata["tags"]:
+                del cell.metadata["tags"]
         if cell.cell_type == "code":
             cell.source = stub_source(cell.source, f"{solution_path.name} cell {index}")
             cell.outputs, cell.execution_count = [], None
         cell.pop("id", None)
         cells.append(cell)
+    _tag_repeated_follow_ups(cells, rerun)
     for i, cell in enumerate(cells):
         cell["id"] = f"cell-{i}"  # stable ids: regenerating gives byte-identical sources
     nb.cells = cells
     return nb
 
 
-def _sources(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
-    return [(cell.cell_type, cell.source) for cell in nb.cells]
+def _sources(nb: nbformat.NotebookNode) -> list[tuple[str, str, bool]]:
+    return [(cell.cell_type, cell.source, SKIP_TAG in cell.metadata.get("tags", [])) for cell in nb.cells]
 
 
 def out_of_date() -> list[str]:

@@ -155,6 +155,26 @@ def test_spliced_sae_beats_mean_ablation_on_held_out_text(smollm2):
 
 
 @pytest.mark.slow
+def test_losses_from_one_clean_run_equal_one_full_run_per_replacement(smollm2):
+    """next_token_losses replays only the blocks from the hook's layer up; the numbers are next_token_loss's."""
+    sae = sae_lib.load_sae("1x")
+    tokens = sae_lib.document_tokens(smollm2, sae_lib.load_corpus("held_out")[:3])
+    replaces = {"sae": lambda a: sae(a)[0], "half": lambda a: a / 2}
+    together = feat.next_token_losses(smollm2, tokens, sae.hook, replaces, batch_size=2)  # two batches
+    one_by_one = {"clean": feat.next_token_loss(smollm2, tokens),
+                  **{name: feat.next_token_loss(smollm2, tokens, sae.hook, f) for name, f in replaces.items()}}
+    assert together.keys() == one_by_one.keys()
+    for name in together:
+        assert abs(together[name] - one_by_one[name]) < 1e-4, name
+    embed = feat.next_token_losses(smollm2, tokens[:1], "hook_embed", {"zero": torch.zeros_like})  # not in a block
+    assert embed["zero"] > embed["clean"]
+    with pytest.raises(MicroscopeError, match="replaces"):
+        feat.next_token_losses(smollm2, tokens, sae.hook, {"sae": "not a function"})
+    with pytest.raises(MicroscopeError, match="hook"):
+        feat.next_token_losses(smollm2, tokens, "blocks.99.hook_resid_post", replaces)
+
+
+@pytest.mark.slow
 def test_residual_activations_match_run_with_cache(smollm2):
     tokens = sae_lib.document_tokens(smollm2, ["The pilot landed.", "A cat slept on the warm mat all day."])
     acts = sae_lib.residual_activations(smollm2, tokens)

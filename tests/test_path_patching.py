@@ -133,11 +133,6 @@ def test_batched_equals_reference_on_smollm2_ioi(smollm2):
         fast = path_patch(*args, progress=False)
         slow = path_patch_reference(*args)
         assert torch.allclose(fast, slow, atol=1e-4), (receivers, kind)
-    each = path_patch_each_receiver(smollm2, data.clean_tokens, data.corrupted_tokens, metric, (20, 0),
-                                    [(23, 3), (24, 4)], "q", progress=False)
-    slow = torch.cat([path_patch_reference(smollm2, data.clean_tokens, data.corrupted_tokens, metric, [(20, 0)], [r], "q")
-                      for r in [(23, 3), (24, 4)]])
-    assert torch.allclose(each, slow, atol=1e-4)
 
 
 def test_each_receiver_gives_the_same_numbers_in_any_batch_size(toy, toy_pair):
@@ -149,16 +144,17 @@ def test_each_receiver_gives_the_same_numbers_in_any_batch_size(toy, toy_pair):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("receiver_input", ["q", "v"])
-def test_each_receiver_across_layers_matches_the_reference_on_smollm2(smollm2, receiver_input):
-    """Receivers in three layers, batched out of layer order: each equals the slow one-path reference."""
+def test_each_receiver_across_layers_matches_the_reference_on_smollm2(smollm2):
+    """Value receivers in two layers, batched out of layer order, two of them in one layer with different shared
+    key-value heads (grouped-query attention): each equals the slow one-path reference. (Queries and keys are
+    compared with the reference on the toy model, for every input kind, and by the test above on SmolLM2.)"""
     from helpers import ioi
 
     data = ioi.make_dataset(smollm2, 1, seed=0)
     metric = ioi.logit_diff_metric(data)
-    receivers = [(23, 0), (21, 5), (29, 0), (23, 7)]
+    receivers, receiver_input = [(23, 0), (21, 5), (23, 7)], "v"
     each = path_patch_each_receiver(smollm2, data.clean_tokens, data.corrupted_tokens, metric, (20, 0), receivers,
-                                    receiver_input, batch_size=3, progress=False)
+                                    receiver_input, batch_size=2, progress=False)
     reference = torch.cat([path_patch_reference(smollm2, data.clean_tokens, data.corrupted_tokens, metric, [(20, 0)],
                                                 [r], receiver_input) for r in receivers])
     assert torch.allclose(each, reference, atol=1e-4)
