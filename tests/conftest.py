@@ -24,17 +24,17 @@ def prev_token_model():
 # scheduling; tests/run.py turns off xdist's own reordering by test count). Rough seconds under nbval in a full
 # run on the 2-core machine; only the order matters, and a file missing here simply runs after these.
 SLOW_FIRST = {
-    "notebooks/07_failures.ipynb": 424, "notebooks/04_causal_interventions.ipynb": 210,
-    "notebooks/06_faithfulness.ipynb": 172, "notebooks/08_features.ipynb": 170,
-    "notebooks/03_directions_and_probes.ipynb": 165, "notebooks/04b_ioi_circuit.ipynb": 150,
-    "notebooks/02_induction_heads.ipynb": 120, "tests/test_exercises_l03.py": 110, "tests/test_browser.py": 96,
-    "notebooks/05_planning.ipynb": 90, "solutions/03_directions_and_probes.ipynb": 86,
-    "tests/test_exercises_l04.py": 82, "solutions/04_causal_interventions.ipynb": 72,
-    "exercises/03_directions_and_probes.ipynb": 70, "tests/test_exercises_l02.py": 65, "tests/test_exercises_l00.py": 60,
-    "exercises/04_causal_interventions.ipynb": 54, "solutions/02_induction_heads.ipynb": 46,
-    "solutions/01_attention_patterns.ipynb": 49, "tests/test_path_patching.py": 45,
-    "solutions/00_ai_microscope.ipynb": 40, "solutions/08_features.ipynb": 38, "exercises/08_features.ipynb": 38,
-    "tests/test_exercises_l01.py": 37, "solutions/07_failures.ipynb": 35, "exercises/07_failures.ipynb": 35,
+    "notebooks/07_failures.ipynb": 403, "notebooks/04_causal_interventions.ipynb": 212,
+    "notebooks/04b_ioi_circuit.ipynb": 180, "notebooks/06_faithfulness.ipynb": 167,
+    "notebooks/08_features.ipynb": 150, "notebooks/03_directions_and_probes.ipynb": 150,
+    "notebooks/05_planning.ipynb": 109, "notebooks/02_induction_heads.ipynb": 103,
+    "solutions/03_directions_and_probes.ipynb": 85, "tests/test_exercises_l03.py": 84, "tests/test_exercises_l04.py": 77,
+    "tests/test_exercises_l00.py": 72, "tests/test_browser.py": 70, "solutions/04_causal_interventions.ipynb": 60,
+    "tests/test_failures.py": 55, "tests/test_exercises_l02.py": 52, "tests/test_path_patching.py": 50,
+    "solutions/01_attention_patterns.ipynb": 45, "solutions/02_induction_heads.ipynb": 38,
+    "solutions/07_failures.ipynb": 38, "solutions/00_ai_microscope.ipynb": 37, "solutions/08_features.ipynb": 37,
+    "tests/test_patching.py": 32, "exercises/03_directions_and_probes.ipynb": 30, "tests/test_exercises_l01.py": 27,
+    "tests/test_grade.py": 27, "exercises/04_causal_interventions.ipynb": 25,
 }
 
 
