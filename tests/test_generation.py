@@ -110,20 +110,48 @@ def test_many_vectors_in_one_pass_equal_one_call_per_vector(smollm2):
 
     prompts = chat_prompts(smollm2, ["Tell me a joke.", "Hi", "Describe how to cook rice."], "Be brief.")
     vectors = random_directions(smollm2.cfg.d_model, 5, seed=3) * 15
-    site = "blocks.12.hook_resid_pre"
-    scorer = SuffixScorer(smollm2, prompts, "I cannot", read=[site])
-    for make in (lambda v: last_position_addition_hooks(smollm2, v, 8), lambda v: last_position_ablation_hooks(smollm2, v)):
-        one_by_one, reads = [], []
+    site, low = "blocks.12.hook_resid_pre", "blocks.3.hook_resid_pre"
+    scorer = SuffixScorer(smollm2, prompts, "I cannot", read=[site, low])
+    for make, layer in ((lambda v: last_position_addition_hooks(smollm2, v, 8), 8),
+                        (lambda v: last_position_ablation_hooks(smollm2, v), 0)):
+        one_by_one, reads = [], {site: [], low: []}
         for v in vectors:
             one_by_one.append(scorer(make(v)))
-            reads.append(scorer.read[site])
-        batched = scorer.many(make, vectors, chunk=2)  # chunks of 2, 2 and 1
-        assert batched.shape == (5, 3)
-        assert torch.allclose(batched, torch.stack(one_by_one), atol=1e-4)
-        assert torch.allclose(scorer.many_read[site], torch.stack(reads), atol=1e-3)
+            for name in reads:
+                reads[name].append(scorer.read[name])
+        # chunks of 2, 2 and 1; then the same replayed from the hooks' first block (blocks below run once)
+        for from_layer in (None, layer):
+            batched = scorer.many(make, vectors, chunk=2, from_layer=from_layer)
+            assert batched.shape == (5, 3)
+            assert torch.allclose(batched, torch.stack(one_by_one), atol=1e-4), from_layer
+            for name in reads:
+                assert torch.allclose(scorer.many_read[name], torch.stack(reads[name]), atol=1e-3), (from_layer, name)
+    assert scorer._replays[8].exact and scorer._replays[0].exact  # the fast path ran, not the fallback
     assert torch.allclose(scorer(), continuation_logprobs(smollm2, prompts, "I cannot"), atol=1e-4)  # cache intact
     with pytest.raises(PromptError, match="vectors"):
         scorer.many(lambda v: [], vectors[0])
+    with pytest.raises(PromptError, match="from_layer"):
+        scorer.many(lambda v: last_position_addition_hooks(smollm2, v, 8), vectors, from_layer=9)  # hook below
+    with pytest.raises(PromptError, match="from_layer"):
+        scorer.many(lambda v: [], vectors, from_layer=30)
+
+
+def test_many_from_a_layer_falls_back_to_full_runs_when_the_replay_fails(smollm2, monkeypatch):
+    from helpers import generation
+    from helpers.steering import last_position_addition_hooks
+
+    prompts = chat_prompts(smollm2, ["Hi", "Describe how to cook rice."], "Be brief.")
+    vectors = random_directions(smollm2.cfg.d_model, 2, seed=4) * 15
+    scorer = generation.SuffixScorer(smollm2, prompts, "I")
+    make = lambda v: last_position_addition_hooks(smollm2, v, 20)  # noqa: E731
+    reference = scorer.many(make, vectors)
+
+    def broken(self, hooks, c):
+        raise RuntimeError("this architecture's blocks need more than was captured")
+
+    monkeypatch.setattr(generation._FromLayer, "run", broken)
+    assert torch.allclose(scorer.many(make, vectors, from_layer=20), reference, atol=1e-5)
+    assert not scorer._replays[20].exact
 
 
 def test_prefix_reads_equal_activations_of_a_full_pass(smollm2):

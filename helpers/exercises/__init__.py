@@ -5,6 +5,8 @@ raises. Tests in tests/test_exercises_lNN.py feed each check the reference and a
 plausible wrong implementations.
 """
 
+import weakref
+
 import torch
 
 
@@ -27,3 +29,15 @@ def random_heads(cfg, n: int, generator: torch.Generator) -> list[tuple[int, int
     """n distinct (layer, head) pairs drawn with `generator`: the random controls a named head must beat."""
     draws = torch.randperm(cfg.n_layers * cfg.n_heads, generator=generator)[:n].tolist()
     return [divmod(i, cfg.n_heads) for i in draws]
+
+
+_EVIDENCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cached_evidence(model, key, compute):
+    """compute(), once per (model, key) for as long as the model lives: a check's own held-out evidence (prompts,
+    scores, effects of its comparison heads), shared by every answer checked against the same model."""
+    per_model = _EVIDENCE.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = compute()
+    return per_model[key]

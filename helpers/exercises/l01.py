@@ -30,7 +30,7 @@ from helpers.attention import previous_token_score as _previous_token_score
 from helpers import validate
 from helpers.checks import Case, CheckResult, check
 from helpers.errors import MicroscopeError
-from helpers.exercises import pair_or_problem, random_heads
+from helpers.exercises import cached_evidence, pair_or_problem, random_heads
 
 
 def reference_causal_pattern(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -242,25 +242,40 @@ class _BracketHeadPassesTheCausalTest:
         if isinstance(pair, str):
             return pair
         layer, head = pair
-        gen = torch.Generator().manual_seed(self.seed)
-        tokens, opener_pos, right, wrong = bracket_prompts(self.model, 8, 5, gen, lead="Here are the items")
-        reference, _, _, _ = bracket_prompts(self.model, 16, 5, gen, lead="Here are the items")
-        att = opener_attention(self.model, tokens, opener_pos)
+        prompts, means, att, top, randoms, drops = cached_evidence(self.model, ("find_bracket_head", self.seed),
+                                                                   self._evidence)
         score = att[layer, head].item()
         if score < MIN_OPENER_ATTENTION:
             return (f"head {layer}.{head} puts only {score:.2f} of the last position's attention on the opening bracket "
                     f"of held-out prompts (need >= {MIN_OPENER_ATTENTION}); find the head's class before its effect")
-        top = [divmod(i, cfg.n_heads) for i in att.flatten().topk(5).indices.tolist()]
-        randoms = random_heads(cfg, N_RANDOM_BRACKET_HEADS, gen)
-        drops = bracket_ablation_drops(self.model, tokens, right, wrong, [(layer, head), *top, *randoms],
-                                       _z_means(self.model, reference))
-        mine, best, random = drops[0].item(), drops[1:1 + len(top)].max().item(), drops[1 + len(top):]
+        mine = drops.get((layer, head))
+        if mine is None:  # each head is ablated alone, so its drop does not depend on the others
+            tokens, _, right, wrong = prompts
+            mine = bracket_ablation_drops(self.model, tokens, right, wrong, [(layer, head)], means)[0].item()
+        best = max(drops[h] for h in top)
+        random = torch.tensor([drops[h] for h in randoms])
         ceiling = random.quantile(0.9).item()
         if mine <= ceiling or mine < MIN_SHARE_OF_BEST_BRACKET * best:
             return (f"head {layer}.{head} attends to the opener ({score:.2f}) but mean-ablating it cuts the held-out "
                     f"closer margin by only {mine:+.2f}: the 90th percentile of {N_RANDOM_BRACKET_HEADS} random heads "
                     f"is {ceiling:+.2f} and the strongest opener-attending head gives {best:+.2f}. Attention is not use")
         return None
+
+
+    def _evidence(self):
+        """Held-out prompts, mean values, opener attention, the top-5 and random heads and their margin drops."""
+        cfg = self.model.cfg
+        gen = torch.Generator().manual_seed(self.seed)
+        prompts = bracket_prompts(self.model, 8, 5, gen, lead="Here are the items")
+        reference, _, _, _ = bracket_prompts(self.model, 16, 5, gen, lead="Here are the items")
+        tokens, opener_pos, right, wrong = prompts
+        att = opener_attention(self.model, tokens, opener_pos)
+        top = [divmod(i, cfg.n_heads) for i in att.flatten().topk(5).indices.tolist()]
+        randoms = random_heads(cfg, N_RANDOM_BRACKET_HEADS, gen)
+        means = _z_means(self.model, reference)
+        heads = list(dict.fromkeys([*top, *randoms]))
+        drops = dict(zip(heads, bracket_ablation_drops(self.model, tokens, right, wrong, heads, means).tolist()))
+        return prompts, means, att, top, randoms, drops
 
 
 def _bracket_cases(model) -> list[Case]:

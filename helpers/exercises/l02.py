@@ -52,7 +52,7 @@ from helpers.ablation import head_means
 from helpers.attention import head_scores, repeated_random_tokens, top_heads
 from helpers.attention import induction_score as _induction_score
 from helpers.checks import Case, CheckResult, check
-from helpers.exercises import pair_or_problem, random_heads
+from helpers.exercises import cached_evidence, pair_or_problem, random_heads
 from helpers.induction import composition_score, per_token_loss
 
 
@@ -244,25 +244,37 @@ class _PassesTheCausalTest:
         if isinstance(pair, str):
             return pair
         layer, head = pair
-        gen = torch.Generator().manual_seed(self.seed)
-        held_out = repeated_random_tokens(self.model, 4, HALF, gen)
-        reference = repeated_random_tokens(self.model, 12, HALF, gen)  # per-position means from other prompts
-        scores = head_scores(self.model, held_out, ("induction",))["induction"]
+        held_out, means, scores, top, randoms, effects = cached_evidence(self.model, ("find_induction_head", self.seed),
+                                                                         self._evidence)
         score = scores[layer, head].item()
         if score < MIN_INDUCTION_SCORE:
             return (f"head {layer}.{head} is not an induction head on the held-out prompts: induction score "
                     f"{score:.2f} (need >= {MIN_INDUCTION_SCORE}); find the head's class before its effect")
-        top = [(lay, hd) for lay, hd, _ in top_heads(scores, 5)]
-        randoms = random_heads(cfg, N_RANDOM_HEADS, gen)
-        heads = [(layer, head), *top, *randoms]
-        effects = ablation_effects(self.model, held_out, heads, HALF, head_means(self.model, reference, per_position=True))
-        mine, best, random = effects[0].item(), effects[1:1 + len(top)].max().item(), effects[1 + len(top):]
+        mine = effects.get((layer, head))
+        if mine is None:  # each head is ablated alone, so its effect does not depend on the others
+            mine = ablation_effects(self.model, held_out, [(layer, head)], HALF, means)[0].item()
+        best = max(effects[h] for h in top)
+        random = torch.tensor([effects[h] for h in randoms])
         ceiling = random.quantile(0.9).item()
         if mine <= ceiling or mine < MIN_SHARE_OF_BEST * best:
             return (f"head {layer}.{head} is an induction head (score {score:.2f}) but mean-ablating it raises the held-out "
                     f"second-copy loss by only {mine:+.3f}: the 90th percentile of {N_RANDOM_HEADS} random heads is "
                     f"{ceiling:+.3f} and the strongest induction head gives {best:+.3f}. A high score is not an effect")
         return None
+
+
+    def _evidence(self):
+        """Held-out prompts, per-position means, induction scores, the top-5 and random heads and their effects."""
+        gen = torch.Generator().manual_seed(self.seed)
+        held_out = repeated_random_tokens(self.model, 4, HALF, gen)
+        reference = repeated_random_tokens(self.model, 12, HALF, gen)  # per-position means from other prompts
+        scores = head_scores(self.model, held_out, ("induction",))["induction"]
+        top = [(lay, hd) for lay, hd, _ in top_heads(scores, 5)]
+        randoms = random_heads(self.model.cfg, N_RANDOM_HEADS, gen)
+        means = head_means(self.model, reference, per_position=True)
+        heads = list(dict.fromkeys([*top, *randoms]))
+        effects = dict(zip(heads, ablation_effects(self.model, held_out, heads, HALF, means).tolist()))
+        return held_out, means, scores, top, randoms, effects
 
 
 def _find_cases(model) -> list[Case]:
