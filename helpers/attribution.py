@@ -178,13 +178,17 @@ def _reference_means(model, tokens: torch.Tensor, reference_tokens: torch.Tensor
 
 def run_with_only_heads(model, tokens: torch.Tensor, keep: Iterable[Head],
                         reference_tokens: torch.Tensor | None = None,
-                        means: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+                        means: dict[int, torch.Tensor] | None = None, last_only: bool = False) -> torch.Tensor:
     """Logits [batch, pos, vocab] with every head NOT in `keep` mean-ablated (MLPs and embeddings untouched).
 
     Each ablated head's output is replaced by its mean over reference_tokens (default: `tokens`),
     taken separately at each position, so the rest of the model still sees a typical value there.
-    Pass `means` (from helpers.ablation.head_means) to reuse them across calls.
+    Pass `means` (from helpers.ablation.head_means) to reuse them across calls. `last_only` returns
+    the last position's logits only, [batch, 1, vocab] (the unembedding is a fifth of SmolLM2's work per
+    position: skip it where a metric reads the last position, as the IOI logit difference does).
     """
+    if not isinstance(last_only, bool):
+        raise AttributionError(f"`last_only` must be True or False, got {last_only!r}.")
     keep = set(_validate_heads(model, keep, "keep"))
     tokens = _tokens(model, tokens)
     ablate = [h for h in all_heads(model) if h not in keep]
@@ -195,10 +199,11 @@ def run_with_only_heads(model, tokens: torch.Tensor, keep: Iterable[Head],
     missing = sorted({layer for layer, _ in ablate} - set(means))
     if missing:
         raise AttributionError(f"`means` has no entry for layers {missing}; compute them with head_means(model, tokens).")
+    keep_logits = {"logits_to_keep": 1} if last_only else {}
     with torch.no_grad():
         if not ablate:
-            return model(tokens)
-        return model.run_with_hooks(tokens, fwd_hooks=head_ablation_hooks(model, ablate, means))
+            return model(tokens, **keep_logits)
+        return model.run_with_hooks(tokens, fwd_hooks=head_ablation_hooks(model, ablate, means), **keep_logits)
 
 
 def circuit_check(model, tokens: torch.Tensor, keep: Sequence[Head], metric: Callable[[torch.Tensor], torch.Tensor],

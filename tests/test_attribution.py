@@ -125,8 +125,15 @@ def test_precomputed_means_give_the_same_logits(smollm2, pairs):
     direct = attribution.run_with_only_heads(smollm2, pairs.clean_tokens, keep, reference)
     reused = attribution.run_with_only_heads(smollm2, pairs.clean_tokens, keep, means=means)
     assert torch.allclose(direct, reused, atol=1e-5)
+    last = attribution.run_with_only_heads(smollm2, pairs.clean_tokens, keep, means=means, last_only=True)
+    assert last.shape == (direct.shape[0], 1, direct.shape[2])
+    assert torch.allclose(last[:, 0], direct[:, -1], atol=1e-4)
+    full = attribution.run_with_only_heads(smollm2, pairs.clean_tokens, attribution.all_heads(smollm2), last_only=True)
+    assert torch.allclose(full[:, 0], smollm2(pairs.clean_tokens)[:, -1], atol=1e-4)
     with pytest.raises(attribution.AttributionError, match="no entry for layers"):
         attribution.run_with_only_heads(smollm2, pairs.clean_tokens, keep, means={0: means[0]})
+    with pytest.raises(attribution.AttributionError, match="last_only"):
+        attribution.run_with_only_heads(smollm2, pairs.clean_tokens, keep, means=means, last_only="yes")
 
 
 def test_token_attribution_splits_the_difference(smollm2, pairs, clean_run):
