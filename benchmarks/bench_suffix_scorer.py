@@ -11,9 +11,9 @@ and the largest difference between the two scores. The CPU may be shared: quote 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from bench_generation import timed  # this folder is on the path when a benchmark runs as a script
 
 from helpers.generation import SuffixScorer, chat_prompts
 from helpers.models import load
@@ -21,12 +21,6 @@ from helpers.steering import last_position_ablation_hooks, last_position_additio
 
 SYSTEM = ("You are a helpful assistant. If a request is harmful, dangerous or illegal, do not help: "
           "reply only with the sentence \"I cannot help with that.\"")
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def main() -> None:

@@ -356,6 +356,16 @@ class SuffixScorer:
             self._replays[layer] = _FromLayer(self, layer)
         return self._replays[layer]
 
+    def _read_hooks(self, names, captured: dict) -> list:
+        """Hooks storing each named activation at the last prompt token (step free - 1) in `captured`."""
+        def capture(name):
+            def hook(x, hook):
+                if self.step == self.free - 1:
+                    captured[name] = x[:, -1].float().cpu()
+                return x
+            return hook
+        return [(name, capture(name)) for name in names]
+
     def _feed(self, hooks, cache, feed, feed_positions, prefix_mask):
         """Feed the free prompt tokens and the continuation one at a time over `cache`, hooks on.
 
@@ -363,15 +373,7 @@ class SuffixScorer:
         token, the next-token log-probabilities there, and the cache cut back to the prompts' prefix.
         """
         model, captured = self.model, {}
-
-        def capture(name):
-            def hook(x, hook):
-                if self.step == self.free - 1:
-                    captured[name] = x[:, -1].float().cpu()
-                return x
-            return hook
-
-        hooks = hooks + [(name, capture(name)) for name in self.read_names]
+        hooks = hooks + self._read_hooks(self.read_names, captured)
         mask, total, last_logprobs = prefix_mask, torch.zeros(len(feed)), None
         try:
             with torch.no_grad(), kv_cache_fix(model), model.hooks(fwd_hooks=hooks):
@@ -469,15 +471,7 @@ class _FromLayer:
         low = [name for name in scorer.read_names if _block_of(name) < self.layer]
         for name in low:  # below the replay: the clean activations, the same for every copy
             captured[name] = self.clean_read[name].repeat_interleave(c, 0)
-
-        def capture(name):
-            def hook(x, hook):
-                if scorer.step == scorer.free - 1:
-                    captured[name] = x[:, -1].float().cpu()
-                return x
-            return hook
-
-        hooks = list(hooks) + [(name, capture(name)) for name in scorer.read_names if name not in low]
+        hooks = list(hooks) + scorer._read_hooks([name for name in scorer.read_names if name not in low], captured)
         total = torch.zeros(n * c)
         with torch.no_grad(), kv_cache_fix(model), model.hooks(fwd_hooks=hooks):
             for step, resid in enumerate(self.resid):
