@@ -122,8 +122,8 @@ def _settle(model, prompts, k, lens_of, share=0.5):
         names = [f"blocks.{layer}.hook_resid_{where}" for layer in range(model.cfg.n_layers) for where in ("pre", "post")]
         logits, cache, _ = run_with_cache(model, prompt, names=names)
         answer = logits[0, -1].argmax()
-        hits.append([int((lens_of(model, cache, layer) > lens_of(model, cache, layer)[answer]).sum()) < k
-                     for layer in range(model.cfg.n_layers)])
+        lenses = [lens_of(model, cache, layer) for layer in range(model.cfg.n_layers)]
+        hits.append([int((lens > lens[answer]).sum()) < k for lens in lenses])
     counts = torch.tensor(hits).float().mean(0)
     return int((counts >= share).nonzero()[0, 0])
 
