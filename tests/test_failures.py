@@ -1,10 +1,17 @@
 """helpers.failures: the refusal judge, Wilson intervals, prompt sets and multiple-choice rotations."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from helpers.errors import MicroscopeError, PromptError
 from helpers.failures import mcq_prompts, refusal_rate, requests, wilson_interval
+
+# Re-measurements of lesson 07's printed findings with their own thresholds. nbval already reruns the lesson and
+# compares those printed numbers exactly, so in `./course test` they would only repeat the work; opt in to run them.
+CLAIMS = pytest.mark.skipif(os.environ.get("MICROSCOPE_CLAIMS") != "1",
+                            reason="repeats lesson 07's cells, which nbval reruns: set MICROSCOPE_CLAIMS=1 to run")
 
 
 def test_wilson_interval_matches_known_values():
@@ -52,6 +59,7 @@ def test_rotations_put_the_right_answer_under_every_letter_once():
 
 
 @pytest.mark.slow
+@CLAIMS
 def test_smollm2_prefers_the_first_option_and_prior_subtraction_moves_answers_off_it(smollm2):
     """Lesson 07's letter prior, re-measured: SmolLM2 picks the first option whatever it holds (lesson: A in 71 of
     80 prompts; 16 of 20 with four identical 'N/A' options), and PriDe's prior subtraction, estimated on 8
@@ -85,6 +93,7 @@ def test_smollm2_prefers_the_first_option_and_prior_subtraction_moves_answers_of
 
 
 @pytest.mark.slow
+@CLAIMS
 def test_removing_harmfulness_at_the_instruction_token_barely_moves_the_template_readout(smollm2):
     """Lesson 07 section 1.8 (Zhao et al. 2025's link), re-measured with 5 random draws: removing the
     instruction-token harmfulness direction (layer 20) at the request's last word only moves the template token's
