@@ -69,13 +69,7 @@ def next_token_loss(model, tokens: list[torch.Tensor], hook: str | None = None, 
         batch = tokens[start:start + batch_size]
         ids = _padded(batch, model.tokenizer.pad_token_id or 0)
         lengths = torch.tensor([len(t) for t in batch])
-
-        def splice(act, hook):  # noqa: ARG001
-            act = act.clone()
-            act[:, 1:] = replace(act[:, 1:])
-            return act
-
-        hooks = [(hook, splice)] if replace is not None else []
+        hooks = [(hook, _splice(replace))] if replace is not None else []
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
             logits = model(ids)
         # predictions made at positions 1 .. len-2 (the BOS position's prediction is not spliced)
@@ -83,6 +77,15 @@ def next_token_loss(model, tokens: list[torch.Tensor], hook: str | None = None, 
         total += batch_total
         count += n
     return total / count
+
+
+def _splice(replace):
+    """A hook putting replace(act) in place of the activations of every non-BOS position."""
+    def splice(act, hook):  # noqa: ARG001
+        act = act.clone()
+        act[:, 1:] = replace(act[:, 1:])
+        return act
+    return splice
 
 
 def _summed_loss(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[float, int]:
@@ -122,15 +125,11 @@ def next_token_losses(model, tokens: list[torch.Tensor], hook: str, replaces: di
             replay = RunFromLayer(model, ids, layer)
             run, clean = replay, replay.logits
         with torch.no_grad():
-            totals["clean"] += _summed_loss(clean, ids, lengths)[0]
+            total, n = _summed_loss(clean, ids, lengths)
+            totals["clean"] += total
+            count += n
             for name, replace in replaces.items():
-                def splice(act, hook, replace=replace):  # noqa: ARG001
-                    act = act.clone()
-                    act[:, 1:] = replace(act[:, 1:])
-                    return act
-                total, n = _summed_loss(run([(hook, splice)]), ids, lengths)
-                totals[name] += total
-        count += n
+                totals[name] += _summed_loss(run([(hook, _splice(replace))]), ids, lengths)[0]
     return {name: total / count for name, total in totals.items()}
 
 

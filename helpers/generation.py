@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from helpers.errors import PromptError
+from helpers.patching import _is_kv_cache
 from helpers.tokens import check_hook_name, require_tokenizer
 
 
@@ -434,11 +435,10 @@ class _FromLayer:
         model, self.scorer, self.layer = scorer.model, scorer, layer
         self.resid: list[torch.Tensor] = []
         self.kwargs: dict[int, list[dict]] = {block: [] for block in range(layer, model.cfg.n_layers)}
-        self.clean_read: dict[str, torch.Tensor] = {}
 
         def pre_hook(block):
             def hook(module, args, kwargs):
-                self.kwargs[block].append({k: v for k, v in kwargs.items() if "Cache" not in type(v).__name__})
+                self.kwargs[block].append({k: v for k, v in kwargs.items() if not _is_kv_cache(v)})
             return hook
 
         def grab(x, hook):
